@@ -1,0 +1,34 @@
+"""Entry point: `bastion`. Each capability registers its commands from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from bastion.cli import attack_cmd, demo_cmd, evaluate_cmd, harden_cmd, scan_cmd, sign_cmd
+
+app = typer.Typer(
+    name="bastion",
+    help=(
+        "Secure ML models across their life: attack them as an adversary would, harden them, scan and sign "
+        "their files, and gate releases on the results.\n\n"
+        "Exit codes: 0 passed, 1 the model or file failed the check, 2 the check could not run."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (attack_cmd, evaluate_cmd, demo_cmd, scan_cmd, sign_cmd, harden_cmd):
+    module.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print Bastion's version."""
+    from bastion import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

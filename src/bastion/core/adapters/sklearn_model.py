@@ -1,0 +1,49 @@
+"""scikit-learn (and anything with ``predict_proba``/``predict``): black-box scores or labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bastion.core.adapters.base import Capability, Model
+from bastion.core.validation import check_bounds
+from bastion.errors import InputError
+
+
+class SklearnModel(Model):
+    """Wrap an estimator. Inputs of any shape are flattened to (N, features) before the call."""
+
+    def __init__(self, estimator: Any, bounds: Sequence[float] = (0.0, 1.0),
+                 num_classes: int | None = None, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        if not hasattr(estimator, "predict"):
+            raise InputError("model", type(estimator).__name__, "an estimator with predict() or predict_proba()")
+        self.estimator = estimator
+        self.bounds = check_bounds(bounds)
+        self.device = torch.device(device)
+        self.has_proba = hasattr(estimator, "predict_proba")
+        self.capabilities = Capability.LABELS | (Capability.SCORES if self.has_proba else Capability(0))
+        classes = getattr(estimator, "classes_", None)
+        if classes is not None:
+            cls = np.asarray(classes)
+            if cls.dtype.kind in "iu" and not np.array_equal(cls, np.arange(len(cls))):
+                raise InputError("model.classes_", cls.tolist(), "class labels 0..C-1 (re-encode the labels)")
+        self.num_classes = num_classes if num_classes is not None else (len(classes) if classes is not None else None)
+
+    def _np(self, x: Tensor) -> np.ndarray:
+        return x.detach().reshape(x.shape[0], -1).cpu().numpy()
+
+    def scores(self, x: Tensor) -> Tensor:
+        self.require(Capability.SCORES, "scores()")
+        self._count(x)
+        p = np.asarray(self.estimator.predict_proba(self._np(x)), dtype=np.float32)
+        return torch.from_numpy(p).to(x.device)
+
+    def predict(self, x: Tensor) -> Tensor:
+        self._count(x)
+        labels = np.asarray(self.estimator.predict(self._np(x)))
+        return torch.from_numpy(labels.astype(np.int64)).to(x.device)

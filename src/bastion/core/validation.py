@@ -1,0 +1,95 @@
+"""Checks at the boundary: turn what the user passed into tensors we can trust, or say what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bastion.errors import InputError
+
+#: inputs may exceed the declared bounds by float rounding; beyond this they are the caller's mistake
+BOUNDS_TOLERANCE = 1e-5
+
+
+def as_tensor(x: Any, argument: str = "x", *, device: torch.device | None = None) -> Tensor:
+    """Convert array-likes to a float32 tensor (float tensors keep their dtype) on ``device``."""
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:
+            raise InputError(argument, type(x).__name__, "an array or tensor") from exc
+        if arr.dtype == object:
+            raise InputError(argument, "an object array", "a numeric array")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if not (t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise InputError(argument, f"dtype {t.dtype}", "a numeric dtype")
+    if not t.is_floating_point():
+        t = t.float()
+    if device is not None:
+        t = t.to(device)
+    return t
+
+
+def check_inputs(x: Any, bounds: tuple[float, float] | None = None, *, argument: str = "x",
+                 device: torch.device | None = None) -> Tensor:
+    """Validate an input batch: at least 2-D (a batch), non-empty, finite, within bounds."""
+    t = as_tensor(x, argument, device=device)
+    if t.dim() < 2:
+        raise InputError(argument, f"shape {tuple(t.shape)}", "a batch with shape (N, ...) and N >= 1")
+    if t.shape[0] == 0:
+        raise InputError(argument, "an empty batch", "at least one example")
+    if not torch.isfinite(t).all():
+        n_bad = int((~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).sum())
+        raise InputError(argument, f"{n_bad} example(s) containing NaN or Inf", "finite values")
+    if bounds is not None:
+        lo, hi = bounds
+        tmin, tmax = float(t.min()), float(t.max())
+        if tmin < lo - BOUNDS_TOLERANCE or tmax > hi + BOUNDS_TOLERANCE:
+            raise InputError(argument, f"values in [{tmin:.4g}, {tmax:.4g}]",
+                             f"values inside the model's bounds [{lo}, {hi}] (rescale the data or pass bounds=)")
+        t = t.clamp(lo, hi)
+    return t
+
+
+def check_labels(y: Any, n: int, num_classes: int | None = None, *, argument: str = "y",
+                 device: torch.device | None = None) -> Tensor:
+    """Validate labels: integer class indices, one per example, inside [0, num_classes)."""
+    if isinstance(y, Tensor):
+        t = y
+    else:
+        arr = np.asarray(y)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise InputError(argument, "non-integer values", "integer class indices")
+        elif arr.dtype.kind not in "iub":
+            raise InputError(argument, f"dtype {arr.dtype}", "integer class indices")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_floating_point() and (not torch.isfinite(t).all() or not torch.equal(t, t.round())):
+        raise InputError(argument, "non-integer values", "integer class indices")
+    t = t.long().reshape(-1) if t.dim() <= 1 else t
+    if t.dim() != 1:
+        raise InputError(argument, f"shape {tuple(t.shape)}", f"shape ({n},): one class index per example")
+    if t.shape[0] != n:
+        raise InputError(argument, f"{t.shape[0]} labels", f"{n} labels, one per example")
+    if n and int(t.min()) < 0:
+        raise InputError(argument, f"label {int(t.min())}", "labels >= 0")
+    if num_classes is not None and n and int(t.max()) >= num_classes:
+        raise InputError(argument, f"label {int(t.max())}", f"labels in [0, {num_classes - 1}] for a {num_classes}-class model")
+    if device is not None:
+        t = t.to(device)
+    return t
+
+
+def check_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise InputError("bounds", repr(bounds), "a pair (low, high)") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise InputError("bounds", (lo, hi), "(low, high) with low < high, both finite")
+    return lo, hi

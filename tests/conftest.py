@@ -1,0 +1,38 @@
+"""Shared fixtures: small real models trained once per session on scikit-learn's bundled data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bastion as bn
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits() -> bn.datasets.Dataset:
+    return bn.datasets.digits()
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits: bn.datasets.Dataset) -> torch.nn.Module:
+    """A SmallCNN trained on the digits (about 97 % clean test accuracy), in eval mode."""
+    torch.manual_seed(0)
+    model = bn.zoo.SmallCNN(1, 10, 8, width=16)
+    return bn.zoo.train(model, digits.x_train, digits.y_train, epochs=15, lr=2e-3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp(digits: bn.datasets.Dataset) -> torch.nn.Module:
+    model = bn.zoo.MLP(64, 10, hidden=(64,))
+    return bn.zoo.train(model, digits.x_train, digits.y_train, epochs=30, lr=3e-3, seed=0)
