@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import attack_cmd, demo_cmd, evaluate_cmd, harden_cmd, scan_cmd, sign_cmd
+from bastion.cli import (
+    attack_cmd,
+    certify_cmd,
+    convert_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    harden_cmd,
+    scan_cmd,
+    sign_cmd,
+)
 
 app = typer.Typer(
     name="bastion",
@@ -18,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (attack_cmd, evaluate_cmd, demo_cmd, scan_cmd, sign_cmd, harden_cmd):
+for module in (attack_cmd, evaluate_cmd, demo_cmd, scan_cmd, convert_cmd, sign_cmd, harden_cmd, certify_cmd):
     module.register(app)
 
 

@@ -62,6 +62,19 @@ class Model:
             raise CapabilityError(names.get(capability, str(capability)), by, self.kind,
                                   self.capabilities.describe())
 
+    def adaptive(self) -> Model:
+        """The model an adaptive white-box attacker should differentiate through.
+
+        Plain models return themselves. Defences that break or randomise gradients (non-differentiable
+        input transforms, randomised preprocessing) return a view that uses BPDA (straight-through
+        gradients) and/or EOT (expectation over the randomness), so they are not scored by gradient
+        masking. Success is always re-checked on the real model.
+        """
+        return self
+
+    #: what ``adaptive()`` changes, for reports ("BPDA through JPEG", "EOT over 16 draws", ...)
+    adaptive_notes: tuple[str, ...] = ()
+
     def reset_queries(self) -> None:
         self.queries = 0
 

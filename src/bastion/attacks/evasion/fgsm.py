@@ -1,0 +1,9 @@
+"""Fast gradient sign method (placeholder: its owner replaces this module)."""
+
+from __future__ import annotations
+
+from bastion.attacks.evasion.base import FixedEpsilonAttack
+
+
+class FGSM(FixedEpsilonAttack):
+    name = "FGSM"

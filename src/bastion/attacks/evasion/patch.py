@@ -1,0 +1,7 @@
+"""Adversarial patch (placeholder: its owner replaces this module)."""
+
+from __future__ import annotations
+
+
+class AdversarialPatch:
+    name = "AdversarialPatch"

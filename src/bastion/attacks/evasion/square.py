@@ -1,0 +1,9 @@
+"""Square attack (placeholder: its owner replaces this module)."""
+
+from __future__ import annotations
+
+from bastion.attacks.evasion.base import FixedEpsilonAttack
+
+
+class Square(FixedEpsilonAttack):
+    name = "Square"

@@ -1,0 +1,9 @@
+"""Transfer attack (placeholder: its owner replaces this module)."""
+
+from __future__ import annotations
+
+from bastion.attacks.evasion.base import FixedEpsilonAttack
+
+
+class TransferAttack(FixedEpsilonAttack):
+    name = "TransferAttack"

@@ -1,0 +1,1 @@
+"""Hardening (placeholder: its owner replaces this module)."""
