@@ -9,6 +9,7 @@ code when loaded, so they need ``trust_pickle=True``.
 from __future__ import annotations
 
 import importlib
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ def load_model(path: str | Path, *, factory: str | None = None, bounds: tuple[fl
         torch_kw["device"] = device
     if kind == "torchscript":
         try:
-            module = torch.jit.load(str(p), map_location=device or "cpu")
+            with warnings.catch_warnings():
+                # TorchScript is deprecated upstream but remains the one code-free whole-model format.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(p), map_location=device or "cpu")
         except Exception as exc:
             raise ModelLoadError(f"{p}: not a loadable TorchScript archive ({exc})") from exc
         return wrap(module, bounds, **torch_kw)
