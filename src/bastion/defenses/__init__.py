@@ -1,1 +1,22 @@
-"""Hardening (placeholder: its owner replaces this module)."""
+"""Hardening (MITRE ATLAS mitigations for AML.T0043, craft adversarial data).
+
+- Adversarial training: :class:`AdversarialBatch` (a per-batch hook for your own loop) and
+  :class:`AdversarialTrainer` (turnkey, keeps the most robust checkpoint): PGD-AT, TRADES, FGSM-RS.
+- :class:`DefensiveDistillation` (Papernot et al. 2016); known to fall to margin-loss attacks.
+- Input transforms that are themselves models, each with an honest ``adaptive()`` view (BPDA for
+  non-differentiable transforms, EOT for randomised ones): :class:`BitDepthReduction`,
+  :class:`MedianFilter`, :class:`JPEGCompression`, :class:`SpatialSmoothing`, :class:`RandomResizePad`.
+- :class:`Ensemble` of any adapters, averaging logits or probabilities.
+"""
+
+from bastion.defenses.inner import maximize, robust_accuracy
+from bastion.defenses.trades import trades_loss
+from bastion.defenses.training import AdversarialBatch, AdversarialTrainer
+
+__all__ = [
+    "AdversarialBatch",
+    "AdversarialTrainer",
+    "maximize",
+    "robust_accuracy",
+    "trades_loss",
+]
