@@ -9,14 +9,34 @@
 - :class:`Ensemble` of any adapters, averaging logits or probabilities.
 """
 
+from bastion.defenses.distillation import DefensiveDistillation
+from bastion.defenses.ensemble import Ensemble
 from bastion.defenses.inner import maximize, robust_accuracy
 from bastion.defenses.trades import trades_loss
 from bastion.defenses.training import AdversarialBatch, AdversarialTrainer
+from bastion.defenses.transforms import (
+    BitDepthReduction,
+    InputTransform,
+    JPEGCompression,
+    MedianFilter,
+    RandomResizePad,
+    SpatialSmoothing,
+    straight_through,
+)
 
 __all__ = [
     "AdversarialBatch",
     "AdversarialTrainer",
+    "BitDepthReduction",
+    "DefensiveDistillation",
+    "Ensemble",
+    "InputTransform",
+    "JPEGCompression",
+    "MedianFilter",
+    "RandomResizePad",
+    "SpatialSmoothing",
     "maximize",
     "robust_accuracy",
+    "straight_through",
     "trades_loss",
 ]
