@@ -1,9 +1,188 @@
-"""CLI commands (placeholder module: its owner registers the commands here)."""
+"""`bastion keygen`, `bastion sign` and `bastion verify`: Ed25519-signed manifests of model folders.
+
+Exit codes: 0 the model is intact (or the key/signature was written), 1 verification found a difference
+(each added, missing or changed file and each signature problem on its own line), 2 the command could not
+run (missing folder or key, malformed signature file, bad option).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
+from rich.progress import TaskID
+
+from bastion.cli.common import EXIT_FAILED, EXIT_OK, err_console, handle_errors, print_json, progress_bar
+from bastion.errors import InputError
+
+#: below this many bytes hashing takes well under a second: a progress bar would only flicker
+PROGRESS_MIN_BYTES = 256 << 20
+_MIB = 1 << 20
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `bastion` app."""
+    """Add ``bastion keygen``, ``bastion sign`` and ``bastion verify`` to the app."""
+    app.command("keygen")(keygen_command)
+    app.command("sign")(sign_command)
+    app.command("verify")(verify_command)
+
+
+def _password(env_name: str | None) -> str | None:
+    # passwords come from the environment, never argv: argv is visible to every user in `ps`
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise InputError("--password-env", repr(env_name), "the name of a set, non-empty environment variable")
+    return value
+
+
+@contextmanager
+def _hash_progress(enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """(advance, set_total) hooks for a MiB progress bar that only appears for large folders."""
+    show = enabled and err_console.is_terminal
+    with progress_bar(show) as bar:
+        task: list[TaskID] = []
+
+        def set_total(total_bytes: int) -> None:
+            if show and total_bytes >= PROGRESS_MIN_BYTES:
+                task.append(bar.add_task("hashing (MiB)", total=max(1, total_bytes // _MIB)))
+
+        def advance(n_bytes: int) -> None:
+            if task:
+                bar.update(task[0], advance=n_bytes / _MIB)
+
+        yield advance, set_total
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+@handle_errors
+def keygen_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Private key path; the public key goes to OUT.pub."),
+    password_env: str | None = typer.Option(
+        None, "--password-env", help="Encrypt the private key with the password held in this environment variable."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace existing key files."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Create an Ed25519 key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub (PEM public key).
+
+    Examples:
+
+      bastion keygen --out keys/release
+
+      BASTION_KEY_PW=... bastion keygen --out keys/release --password-env BASTION_KEY_PW
+    """
+    from bastion.sign import key_id, keygen, load_public_key
+
+    private_path, public_path = keygen(out, password=_password(password_env), force=force)
+    kid = key_id(load_public_key(public_path))
+    if json_out:
+        print_json({"private_key": str(private_path), "public_key": str(public_path), "key_id": kid})
+    else:
+        typer.echo(f"private key: {private_path} (keep it secret)\npublic key:  {public_path}\nkey id:      {kid}")
+    raise typer.Exit(EXIT_OK)
+
+
+@handle_errors
+def sign_command(
+    model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
+    key: Path = typer.Option(..., "--key", "-k", help="Ed25519 private key from `bastion keygen`."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Signature file (default MODEL_DIR/model.sig)."),
+    ignore: list[str] = typer.Option(
+        [], "--ignore", help="Glob of paths to leave out (repeatable), e.g. '*.log' or 'checkpoints'; .git always."
+    ),
+    allow_symlinks: bool = typer.Option(
+        False, "--allow-symlinks", help="Record symlinks that stay inside the folder (never followed)."
+    ),
+    shard_size: int = typer.Option(
+        1 << 30, "--shard-size", help="Files larger than this many bytes are hashed as parallel shards."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Hashing threads (default: cores + 4)."),
+    password_env: str | None = typer.Option(
+        None, "--password-env", help="Environment variable holding the private key's password."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Hash every file of MODEL_DIR and sign the manifest (in-toto Statement in a DSSE envelope).
+
+    Examples:
+
+      bastion sign my-model/ --key keys/release
+
+      bastion sign my-model/ --key keys/release --output release/my-model.sig --ignore '*.log'
+    """
+    from bastion.sign.api import sign_model_detailed
+
+    with _hash_progress(not json_out) as (advance, set_total):
+        signed = sign_model_detailed(
+            model_dir, key, output=output, password=_password(password_env), ignore=ignore,
+            shard_size=shard_size, allow_symlinks=allow_symlinks, workers=workers,
+            progress=advance, on_total=set_total,
+        )  # fmt: skip
+    manifest = signed.manifest
+    if json_out:
+        print_json({
+            "signature": str(signed.path),
+            "model": manifest.model_name,
+            "files": len(manifest.resources),
+            "total_bytes": manifest.total_bytes,
+            "root_digest": manifest.root_digest,
+            "key_id": signed.key_id,
+        })  # fmt: skip
+    else:
+        typer.echo(
+            f"signed {len(manifest.resources)} files ({_size(manifest.total_bytes)}) of {model_dir} -> {signed.path}\n"
+            f"root sha256 {manifest.root_digest}, key {signed.key_id}"
+        )
+    raise typer.Exit(EXIT_OK)
+
+
+@handle_errors
+def verify_command(
+    model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
+    pub: Path = typer.Option(..., "--pub", "-p", help="Ed25519 public key (the .pub file from `bastion keygen`)."),
+    signature: Path | None = typer.Option(
+        None, "--signature", "-s", help="Signature file (default MODEL_DIR/model.sig)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Hashing threads (default: cores + 4)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Check MODEL_DIR against its signature: exit 0 intact, 1 names every difference, 2 could not check.
+
+    Examples:
+
+      bastion verify my-model/ --pub keys/release.pub
+
+      bastion verify my-model/ --pub keys/release.pub --signature release/my-model.sig --json
+    """
+    from bastion.sign import verify_model
+
+    with _hash_progress(not json_out) as (advance, set_total):
+        result = verify_model(model_dir, pub, signature=signature, workers=workers, progress=advance,
+                              on_total=set_total)
+    if json_out:
+        print_json(result.to_dict())
+    elif result.ok:
+        typer.echo(
+            f"verified: {result.files} files ({_size(result.total_bytes)}) of {model_dir} match the signature "
+            f"by key {result.key_id}\nroot sha256 {result.root_digest}"
+        )
+    else:
+        for line in result.reasons:
+            typer.echo(f"{model_dir}: {line}")
+        parts = [f"{len(result.changed)} changed", f"{len(result.added)} added", f"{len(result.missing)} missing"]
+        parts.append("signature valid" if result.signature_ok else "signature INVALID")
+        typer.echo(f"FAILED: {model_dir}: {', '.join(parts)}")
+    sys.stdout.flush()
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
