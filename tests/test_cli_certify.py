@@ -1,0 +1,105 @@
+"""`bastion certify` end to end, on a model whose certificates are known in closed form.
+
+The model ignores its input and always favours class 0 by a logit margin of 1: smoothing counts every
+draw for class 0 (radius sigma * Phi^-1(alpha^(1/n))), and IBP proves class 0 at any eps. With labels
+(0, 0, 0, 1) the certified accuracy is exactly 0.75 wherever the radius is covered, 0 beyond it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+from typer.testing import CliRunner
+
+from bastion.cli.main import app
+
+SIGMA, N, N0, ALPHA = 0.25, 500, 50, 0.001
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("certify_cli")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+        model[1].bias[0] = 1.0
+    model_path = folder / "const.pt"
+    torch.jit.script(model).save(str(model_path))
+    data_path = folder / "data.npz"
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    np.savez(data_path, x=x, y=np.array([0, 0, 0, 1]))
+    return model_path, data_path
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["certify", *args])
+    return result.exit_code, result.output
+
+
+def test_smoothing_json_report(files: tuple[Path, Path]) -> None:
+    model, data = files
+    cap = SIGMA * norm.ppf(ALPHA ** (1 / N))  # the largest radius N draws can certify
+    code, out = _run("--model", str(model), "--data", str(data), "--n", str(N), "--n0", str(N0),
+                     "--sigma", str(SIGMA), "--radii", f"0,0.25,{cap - 1e-3},{cap + 1e-3}", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["method"] == "smoothing" and report["examples"] == 4 and report["abstained"] == 0
+    assert report["certified_accuracy"] == pytest.approx([0.75, 0.75, 0.75, 0.0])
+    assert report["per_example"]["prediction"] == [0, 0, 0, 0]
+    assert report["per_example"]["radius"] == pytest.approx([cap] * 4)
+
+
+def test_ibp_json_and_threshold_exit_codes(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out = _run("--model", str(model), "--data", str(data), "--method", "ibp", "--eps", "0.1,0.3", "--json",
+                     "--min-certified-accuracy", "0.7")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["certified_accuracy"] == pytest.approx([0.75, 0.75]) and report["passed"] is True
+    code, out = _run("--model", str(model), "--data", str(data), "--method", "ibp", "--eps", "0.1",
+                     "--min-certified-accuracy", "0.8", "--limit", "3")
+    assert code == 0, out  # the first three examples are all class 0
+    code, out = _run("--model", str(model), "--data", str(data), "--method", "ibp", "--eps", "0.1",
+                     "--min-certified-accuracy", "0.8")
+    assert code == 1, out
+    assert "FAIL" in out and "0.750" in out
+
+
+def test_smoothing_below_threshold_exits_one(files: tuple[Path, Path]) -> None:
+    model, data = files
+    code, out = _run("--model", str(model), "--data", str(data), "--n", str(N), "--n0", str(N0),
+                     "--radii", "0.25", "--min-certified-accuracy", "0.9")
+    assert code == 1, out
+    assert "abstained: 0 of 4" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "magic"], "--method"),
+    (["--method", "ibp"], "--eps"),
+    (["--eps", "0.1"], "--eps"),
+    (["--radii", "a,b"], "--radii"),
+    (["--min-certified-accuracy", "2"], "--min-certified-accuracy"),
+    (["--sigma", "-1"], "sigma"),
+])
+def test_bad_arguments_exit_two(files: tuple[Path, Path], args: list[str], message: str) -> None:
+    model, data = files
+    code, out = _run("--model", str(model), "--data", str(data), "--n", "100", "--n0", "10", *args)
+    assert code == 2, out
+    assert message in out
+
+
+def test_missing_files_and_unlabelled_data_exit_two(files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = files
+    code, out = _run("--model", str(tmp_path / "nope.pt"), "--data", str(data))
+    assert code == 2 and "no such model file" in out
+    unlabelled = tmp_path / "x.npz"
+    np.savez(unlabelled, x=np.zeros((2, 1, 8, 8), dtype=np.float32))
+    code, out = _run("--model", str(model), "--data", str(unlabelled), "--n", "100")
+    assert code == 2 and "labels" in out
