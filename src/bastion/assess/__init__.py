@@ -1,12 +1,15 @@
-"""Robustness evaluation and reports (placeholder: its owner replaces this module)."""
+"""Robustness evaluation and reports: ``bastion.evaluate`` and what it returns.
+
+    res = bastion.evaluate(model, x, y, norm="linf", epsilons=[0.05, 0.1])
+    res.robust_accuracy, res.findings
+    res.save("report/")  # report.html (self-contained), report.md, result.json
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from bastion.assess.evaluate import evaluate
+from bastion.assess.result import AttackStats, EvaluationResult, Finding, KeptExample
+from bastion.assess.suites import ATTACK_NAMES, SUITES, AttackSpec, build_attack
 
-
-def evaluate(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("evaluate is being written")
-
-
-__all__ = ["evaluate"]
+__all__ = ["ATTACK_NAMES", "SUITES", "AttackSpec", "AttackStats", "EvaluationResult", "Finding", "KeptExample",
+           "build_attack", "evaluate"]

@@ -1,9 +1,114 @@
-"""CLI commands (placeholder module: its owner registers the commands here)."""
+"""`bastion attack`: run one evasion attack on a model file and save the adversarial examples.
+
+The output .npz holds ``x_adv`` and ``success`` (one row per example) plus ``y``; with several epsilons,
+``x_adv`` has shape (E, N, ...), ``success`` (E, N), and ``epsilons`` lists them.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from bastion.cli.common import EXIT_OK, handle_errors, print_json, progress_bar
+from bastion.cli.evaluate_cmd import load_inputs, parse_bounds, parse_eps
+
+ATTACK_HELP = "pgd | fgsm | apgd | apgd-t | fab | cw | deepfool | square | hsj"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `bastion` app."""
+    """Add ``bastion attack`` to the app."""
+    app.command("attack")(attack_command)
+
+
+@handle_errors
+def attack_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file (TorchScript, ONNX, skops, safetensors "
+                               "+ --factory, or a pickle with --trust-pickle)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y), .csv or an image folder."),
+    attack: str = typer.Option("pgd", "--attack", "-a", help=ATTACK_HELP),
+    eps: str = typer.Option(..., "--eps", help="Comma-separated budgets, e.g. 0.1 or 8/255,16/255."),
+    norm: str = typer.Option("linf", "--norm", help="linf | l2 | l1 (each attack supports some)."),
+    steps: int | None = typer.Option(None, "--steps", help="Iterations (queries for square/hsj); "
+                                     "default: the attack's own."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write x_adv, success and y to this .npz."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    factory: str | None = typer.Option(None, "--factory", help="module:Factory for a safetensors file."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
+    bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
+    limit: int | None = typer.Option(None, "--limit", help="Attack only the first N examples."),
+    label_column: str = typer.Option("label", "--label-column", help="Label column of a CSV file."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per batch."),
+) -> None:
+    """Run one attack and report its success rate; optionally save the adversarial examples.
+
+    Examples:
+
+      bastion attack --model model.pt --data test.npz --attack pgd --eps 0.1 --out adv.npz
+
+      bastion attack -m model.pt -d test.npz -a apgd-t --eps 8/255,16/255 --steps 50 --json
+
+      bastion attack -m model.onnx -d test.npz -a square --norm l2 --eps 1.0   # scores only
+    """
+    from bastion.assess import build_attack
+    from bastion.core.threat import get_norm
+    from bastion.errors import InputError
+
+    geometry = get_norm(norm)
+    values, labels = parse_eps(eps)
+    if steps is not None and steps < 1:
+        raise InputError("--steps", steps, "a positive number")
+    if out is not None and out.suffix.lower() != ".npz":
+        raise InputError("--out", str(out), "a path ending in .npz")
+    net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=parse_bounds(bounds),
+                            limit=limit, label_column=label_column)
+    num_classes = net.infer_num_classes(x.to(net.device))
+    atk = build_attack(attack, geometry.name, steps=steps, seed=seed, batch_size=batch_size,
+                       num_classes=num_classes)
+    t0 = time.perf_counter()
+    with progress_bar(not json_out) as bar:
+        task = bar.add_task(f"{atk.name} ({geometry.name}, {len(values)} ε)", total=None)
+        res = atk(net, x, y, epsilons=values)
+        bar.update(task, total=1, completed=1)
+    seconds = time.perf_counter() - t0
+    clean = float((net.predict(x.to(net.device)).cpu() == y).float().mean())
+    rates = dict(zip(labels, res.success_rate, strict=True))
+    if out is not None:
+        _save(out, res, y, values)
+    if json_out:
+        summary: dict[str, Any] = {"attack": atk.name, "settings": repr(atk), "norm": geometry.name,
+                                   "n_examples": int(x.shape[0]), "clean_accuracy": clean, "success_rate": rates,
+                                   "robust_accuracy": {k: 1.0 - v for k, v in rates.items()},
+                                   "queries": res.queries, "seconds": round(seconds, 3),
+                                   "out": str(out) if out is not None else None}
+        print_json(summary)
+    else:
+        console = Console()
+        table = Table(title=f"{atk.name} ({geometry.name}) on {x.shape[0]} examples, clean accuracy {clean:.1%}")
+        table.add_column("ε")
+        table.add_column("success rate", justify="right")
+        table.add_column("robust accuracy", justify="right")
+        for lab, r in rates.items():
+            table.add_row(lab, f"{r:.1%}", f"{1 - r:.1%}")
+        console.print(table)
+        console.print(f"{res.queries} model queries in {seconds:.2f} s", highlight=False)
+        if out is not None:
+            console.print(f"adversarial examples written to {out}", highlight=False)
+    raise typer.Exit(EXIT_OK)
+
+
+def _save(path: Path, res: Any, y: Any, values: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clipped = [c.detach().cpu().numpy() for c in res.clipped]
+    success = res.success.detach().cpu().numpy()
+    if len(values) == 1:
+        np.savez_compressed(path, x_adv=clipped[0], success=success[0], y=y.numpy(),
+                            epsilons=np.asarray(values))
+    else:
+        np.savez_compressed(path, x_adv=np.stack(clipped), success=success, y=y.numpy(), epsilons=np.asarray(values))

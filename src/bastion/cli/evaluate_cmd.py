@@ -1,9 +1,157 @@
-"""CLI commands (placeholder module: its owner registers the commands here)."""
+"""`bastion evaluate`: robust accuracy of a model file on a data file, as a CI gate.
+
+Exit codes: 0 the robust accuracy meets ``--min-robust-accuracy`` at every epsilon (or no threshold was
+given), 1 it does not, 2 the evaluation could not run (bad file or arguments).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from bastion.cli.common import EXIT_FAILED, EXIT_OK, handle_errors, parse_floats, print_json, progress_bar
+from bastion.errors import DataLoadError, InputError
+
+SUITE_HELP = "fast | standard (AutoAttack-grade) | thorough"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the `bastion` app."""
+    """Add ``bastion evaluate`` to the app."""
+    app.command("evaluate")(evaluate_command)
+
+
+def parse_eps(text: str) -> tuple[list[float], list[str]]:
+    """Epsilons and their labels exactly as written (``0.1,8/255`` -> [0.1, 0.0314], ["0.1", "8/255"])."""
+    from bastion.core.threat import check_epsilons
+
+    values = parse_floats(text, "--eps")
+    labels = [p.strip() for p in text.split(",") if p.strip()]
+    check_epsilons(values, "--eps")
+    return values, labels
+
+
+def parse_bounds(text: str) -> tuple[float, float]:
+    from bastion.core.validation import check_bounds
+
+    vals = parse_floats(text, "--bounds")
+    if len(vals) != 2:
+        raise InputError("--bounds", repr(text), "two numbers 'low,high', e.g. 0,1")
+    return check_bounds(vals)
+
+
+def load_inputs(model_path: Path, data_path: Path, *, factory: str | None, trust_pickle: bool,
+                bounds: tuple[float, float], limit: int | None, label_column: str | None) -> tuple[Any, Any, Any]:
+    """Load the model and the labelled data for evaluate and attack (shared by both commands)."""
+    from bastion.core.loading import load_model
+    from bastion.datasets import load_data
+
+    if limit is not None and limit < 1:
+        raise InputError("--limit", limit, "a positive number of examples")
+    model = load_model(model_path, factory=factory, bounds=bounds, trust_pickle=trust_pickle)
+    x, y = load_data(data_path, label_column=label_column)
+    if y is None:
+        raise DataLoadError(f"{data_path}: has no labels; an .npz needs an array 'y', a CSV the column "
+                            f"--label-column ({label_column})")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return model, x, y
+
+
+@handle_errors
+def evaluate_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file: TorchScript, ONNX, skops, safetensors "
+                               "(+ --factory) or, with --trust-pickle, a pickle."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled data: .npz (x, y), .csv (with --label-column) "
+                              "or an image folder."),
+    eps: str = typer.Option(..., "--eps", help="Comma-separated budgets, e.g. 0.1,0.2 or 8/255,16/255."),
+    norm: str = typer.Option("linf", "--norm", help="linf | l2 | l1"),
+    suite: str = typer.Option("standard", "--suite", help=SUITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no progress bars)."),
+    min_robust_accuracy: float | None = typer.Option(None, "--min-robust-accuracy",
+                                                     help="Fail (exit 1) if robust accuracy is below this "
+                                                     "fraction at any epsilon."),
+    report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here."),
+    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture "
+                                       "for a safetensors file, e.g. bastion.zoo:SmallCNN."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
+    bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
+    label_column: str = typer.Option("label", "--label-column", help="Label column of a CSV file."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the attacks."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per attack batch."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking checks."),
+) -> None:
+    """Measure robust accuracy with an AutoAttack-grade ensemble and check for gradient masking.
+
+    Examples:
+
+      bastion evaluate --model model.pt --data test.npz --eps 0.1,0.2
+
+      bastion evaluate -m model.onnx -d test.npz --norm l2 --eps 0.5 --suite fast --report out/
+
+      bastion evaluate -m model.pt -d test.npz --eps 8/255 --json --min-robust-accuracy 0.4   # CI gate
+    """
+    from bastion.assess import evaluate
+    from bastion.core.threat import get_norm
+
+    geometry = get_norm(norm)
+    values, labels = parse_eps(eps)
+    lo_hi = parse_bounds(bounds)
+    if min_robust_accuracy is not None and not 0.0 <= min_robust_accuracy <= 1.0:
+        raise InputError("--min-robust-accuracy", min_robust_accuracy, "a fraction in [0, 1]")
+    net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=lo_hi, limit=limit,
+                            label_column=label_column)
+    with progress_bar(not json_out) as bar:
+        task = bar.add_task("evaluating", total=None)
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        result = evaluate(net, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed, batch_size=batch_size,
+                          checks=checks, progress=on_progress, epsilon_labels=labels)
+    written = result.save(report) if report is not None else {}
+    failed = [lab for lab, acc in zip(labels, result.robust_accuracy, strict=True)
+              if min_robust_accuracy is not None and acc < min_robust_accuracy]
+    if json_out:
+        out: dict[str, Any] = {
+            "clean_accuracy": result.clean_accuracy,
+            "robust_accuracy": dict(zip(labels, result.robust_accuracy, strict=True)),
+            "norm": result.norm, "n_examples": result.n_examples, "suite": suite,
+            "findings": [f.to_dict() for f in result.findings],
+            "attacks": [a.to_dict() for a in result.attacks],
+            "seconds": round(result.timings["total"], 3),
+            "min_robust_accuracy": min_robust_accuracy, "passed": not failed,
+            "report": {k: str(v) for k, v in written.items()},
+        }
+        print_json(out)
+    else:
+        _print_summary(result, labels, min_robust_accuracy, failed, written)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _print_summary(result: Any, labels: list[str], threshold: float | None, failed: list[str],
+                   written: dict[str, Path]) -> None:
+    console = Console()
+    table = Table(title=f"Robust accuracy ({result.norm}, {result.n_examples} examples)")
+    table.add_column("ε")
+    table.add_column("robust accuracy", justify="right")
+    table.add_row("clean", f"{result.clean_accuracy:.1%}")
+    for i in sorted(range(len(labels)), key=lambda j: result.epsilons[j]):
+        acc = result.robust_accuracy[i]
+        style = "red" if threshold is not None and acc < threshold else ""
+        table.add_row(labels[i], f"[{style}]{acc:.1%}[/]" if style else f"{acc:.1%}")
+    console.print(table)
+    for f in result.findings:
+        colour = {"high": "red", "warning": "yellow"}.get(f.severity, "cyan")
+        console.print(f"[{colour}]{f.severity}[/] {f.check}: {f.message}", highlight=False)
+    if result.settings.get("checks") and not result.findings:
+        console.print("[green]gradient-masking checks: no sign of masking[/]")
+    for kind, path in written.items():
+        console.print(f"{kind} report: {path}", highlight=False)
+    if threshold is not None:
+        verdict = f"[red]FAILED[/] at ε={', '.join(failed)}" if failed else "[green]PASSED[/]"
+        console.print(f"minimum robust accuracy {threshold:.1%}: {verdict}")
