@@ -233,12 +233,18 @@ def hash_files(
         for i, k, start, end in tasks:
             shard_digests[i][k] = hash_range(files[i].path, start, end, progress)
     else:
-        with ThreadPoolExecutor(max_workers=min(n_workers, len(tasks)), thread_name_prefix="bastion-hash") as pool:
+        pool = ThreadPoolExecutor(max_workers=min(n_workers, len(tasks)), thread_name_prefix="bastion-hash")
+        try:
             futures = {
                 pool.submit(hash_range, files[i].path, start, end, progress): (i, k) for i, k, start, end in tasks
             }
             for future, (i, k) in futures.items():
                 shard_digests[i][k] = future.result()
+        except BaseException:
+            # one unreadable file (or Ctrl-C) ends the run now, not after every queued gigabyte is hashed
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     out: list[FileDigest] = []
     for entry, digests in zip(files, shard_digests, strict=True):
         if len(digests) == 1:

@@ -1,0 +1,168 @@
+"""Manifest hashing speed: Bastion's parallel sharded SHA-256 against `sha256sum`, serial and `xargs -P`.
+
+    .venv/bin/python bench/hashing.py --size-gb 2 --out /tmp/hashing.json
+
+Creates a model-like folder in a temp dir (one big "weights" file holding half the bytes, a few mid-size
+shards, small config files), reads it once so every tool starts from the page cache, then times, best
+and median over ``--repeats``:
+
+- ``sha256sum`` over all files in one process (serial, the usual `sha256sum * > SHA256SUMS`);
+- ``xargs -P <cores> -n 1 sha256sum`` (one process per file, as many at once as there are cores);
+- Bastion's :func:`bastion.sign.build_manifest` (thread pool, files above the shard size hashed in shards).
+
+Dropping the page cache needs root and a quiet machine, neither of which a shared runner has, so all runs
+are warm-cache: they measure hashing throughput (CPU), not the disk. Said so in the output too.
+Prints one Markdown table row for bench/RESULTS.md; writes full figures as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.sign import build_manifest
+
+GB = 1_000_000_000
+_BLOCK = 16 << 20
+
+
+def make_folder(root: Path, size_gb: float) -> list[Path]:
+    """Write ~size_gb GB: half in one big file, 40 % in four mid-size shards, the rest in small files."""
+    total = int(size_gb * GB)
+    block = os.urandom(_BLOCK)  # content does not change SHA-256 speed; tiling one random block is quick
+    sizes = {"model-big.safetensors": total // 2}
+    for i in range(4):
+        sizes[f"shards/model-{i + 1:05d}-of-00004.bin"] = total * 4 // 10 // 4 + i * 4099
+    rest = total - sum(sizes.values())
+    for i in range(8):
+        sizes[f"extra/part-{i}.bin"] = max(1, rest // 8)
+    sizes["config.json"] = 731
+    sizes["tokenizer.json"] = 2_000_003
+    paths = []
+    for name, size in sizes.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            left = size
+            while left > 0:
+                chunk = block[: min(left, _BLOCK)]
+                fh.write(chunk)
+                left -= len(chunk)
+        paths.append(path)
+    return paths
+
+
+def warm(paths: list[Path]) -> None:
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.read(_BLOCK):
+                pass
+
+
+def time_runs(fn: Callable[[], object], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def sha256sum_digests(output: str) -> dict[str, str]:
+    digests = {}
+    for line in output.splitlines():
+        digest, name = line.split(maxsplit=1)
+        digests[name.lstrip("*")] = digest
+    return digests
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gb", type=float, default=4.0, help="folder size to create (default 4)")
+    ap.add_argument("--dir", type=Path, default=None, help="hash this existing folder instead of creating one")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per tool (default 3)")
+    ap.add_argument("--workers", type=int, default=None, help="Bastion hashing threads (default cores + 4)")
+    ap.add_argument("--shard-size", type=int, default=1 << 30, help="Bastion shard size in bytes (default 1 GiB)")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="bastion-hash-bench-") as tmp:
+        if args.dir is not None:
+            folder = args.dir
+            paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        else:
+            folder = Path(tmp) / "model"
+            t0 = time.perf_counter()
+            paths = make_folder(folder, args.size_gb)
+            print(f"created {len(paths)} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        total = sum(p.stat().st_size for p in paths)
+        rel = [str(p.relative_to(folder)) for p in paths]
+        warm(paths)
+
+        results: dict[str, dict[str, Any]] = {}
+
+        def record(name: str, runs: list[float]) -> None:
+            best = min(runs)
+            results[name] = {
+                "seconds_best": round(best, 3),
+                "seconds_median": round(statistics.median(runs), 3),
+                "gb_per_s_best": round(total / best / GB, 3),
+                "runs": [round(r, 3) for r in runs],
+            }
+            print(f"{name:>28}: best {best:7.2f} s  {total / best / GB:6.2f} GB/s  (runs {results[name]['runs']})",
+                  file=sys.stderr)
+
+        manifest = build_manifest(folder, shard_size=args.shard_size, workers=args.workers, default_ignore=False)
+        record("bastion", time_runs(lambda: build_manifest(folder, shard_size=args.shard_size,
+                                                           workers=args.workers, default_ignore=False), args.repeats))
+        check: dict[str, Any] = {}
+        if shutil.which("sha256sum") is not None:
+            serial = lambda: subprocess.run(["sha256sum", *rel], cwd=folder, check=True, capture_output=True, text=True)  # noqa: E731
+            record("sha256sum (serial)", time_runs(serial, args.repeats))
+            xargs_cmd = ["xargs", "-0", "-P", str(cores), "-n", "1", "sha256sum"]
+            parallel = lambda: subprocess.run(xargs_cmd, input="\0".join(rel), cwd=folder, check=True,  # noqa: E731
+                                              capture_output=True, text=True)
+            record(f"xargs -P {cores} sha256sum", time_runs(parallel, args.repeats))
+            # the digests must agree wherever a file fits in one shard (the sharded ones are combined digests)
+            theirs = sha256sum_digests(serial().stdout)
+            ours = {r.name: r.digest for r in manifest.resources if not r.shards}
+            check = {"files_compared": len(ours), "all_equal": all(theirs[n] == d for n, d in ours.items())}
+            if not check["all_equal"]:
+                raise SystemExit("digest mismatch between Bastion and sha256sum")
+
+    report = {
+        "benchmark": "manifest hashing",
+        "date": dt.date.today().isoformat(),
+        "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()},
+        "cache": "warm (page cache not dropped: needs root; runs measure hashing throughput, not the disk)",
+        "files": len(paths),
+        "total_bytes": total,
+        "shard_size": args.shard_size,
+        "workers": args.workers,
+        "results": results,
+        "check_against_sha256sum": check,
+    }
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    figures = "; ".join(f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s)" for name, r in results.items())
+    size_arg = f"--dir {args.dir}" if args.dir is not None else f"--size-gb {args.size_gb:g}"
+    print(f"| {report['date']} | manifest hashing, {total / GB:.2f} GB in {len(paths)} files, warm cache, best of "
+          f"{args.repeats} | CPU, {cores} cores | `python bench/hashing.py {size_arg}` | {figures} |")
+    return report
+
+
+if __name__ == "__main__":
+    main()
