@@ -1,0 +1,364 @@
+"""Containers: zip (read from the raw local headers), tar, gzip/bz2/xz/lzma streams and 7z, recursively.
+
+Zip members are located through the central directory but their bytes are read from each local header
+ourselves, so the tricks that make Python's ``zipfile`` refuse a member while PyTorch still loads it (an
+encryption flag bit, a bad CRC, odd flag bits, entries left out of the central directory) end up scanned
+and reported, never skipped. Stored members are zero-copy views of the mmap'd file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import lzma
+import struct
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+from bastion.scan.engine import Context
+from bastion.scan.findings import Severity
+
+_LOCAL = b"PK\x03\x04"
+_LOCAL_FMT = struct.Struct("<4sHHHHHIIIHH")
+_NORMAL_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # compression options, data descriptor, UTF-8 names
+
+
+class MemFile(io.RawIOBase):
+    """A read-only, seekable file over a memoryview (what tarfile and py7zr want), without copying it."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.mv = data
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: len(self.mv)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), max(0, len(self.mv) - self.pos))
+        memoryview(buffer).cast("B")[:n] = self.mv[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self.mv) if size is None or size < 0 else min(len(self.mv), self.pos + size)
+        out = bytes(self.mv[self.pos:end])
+        self.pos = max(self.pos, end)
+        return out
+
+
+@dataclass
+class _Entry:
+    name: str
+    offset: int  # of the local header
+    method: int
+    flags: int
+    csize: int
+    usize: int
+    crc: int
+    in_directory: bool = True
+
+
+def _classify_zip(names: list[str]) -> frozenset[str]:
+    hints = set()
+    if any(n.endswith("data.pkl") or n.endswith(".data/version") or n.endswith("/byteorder") for n in names):
+        hints.add("torch")
+    if any(n.endswith("constants.pkl") or "/code/" in f"/{n}" for n in names):
+        hints.update({"torch", "torchscript"})
+    if "config.json" in names and "metadata.json" in names:
+        hints.add("keras")
+    return frozenset(hints)
+
+
+def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | None:
+    try:
+        with zipfile.ZipFile(MemFile(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
+            NotImplementedError, UnicodeDecodeError, KeyError) as exc:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "central directory",
+                 f"zip central directory cannot be read ({exc}); scanning entries from the local headers")
+        return None
+    return [_Entry(i.filename, i.header_offset, i.compress_type, i.flag_bits, i.compress_size, i.file_size,
+                   i.CRC) for i in infos]
+
+
+def _walk_local(data: memoryview, start: int = 0) -> list[_Entry]:
+    """Follow local headers from ``start`` while they chain (what a streaming zip reader sees)."""
+    out: list[_Entry] = []
+    pos = start
+    while pos + 30 <= len(data) and bytes(data[pos:pos + 4]) == _LOCAL:
+        _sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL_FMT.unpack(
+            bytes(data[pos:pos + 30]))
+        name = bytes(data[pos + 30:pos + 30 + nlen]).decode("utf-8", "replace")
+        body = pos + 30 + nlen + xlen
+        if flags & 0x08 and csize == 0:
+            # sizes live in a data descriptor after the data: find the next header to bound it
+            nxt = bytes(data[body:]).find(_LOCAL)
+            if nxt < 0:
+                nxt = len(data) - body
+            csize = nxt
+        out.append(_Entry(name, pos, method, flags, csize, usize, crc, in_directory=False))
+        pos = body + csize
+        if flags & 0x08 and bytes(data[pos:pos + 4]) == b"PK\x07\x08":
+            pos += 16
+    return out
+
+
+def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memoryview | bytes | None:
+    """The member's uncompressed bytes, read from its local header; None after reporting why not."""
+    where = ctx.location(inner, e.name)
+    if e.offset + 30 > len(data) or bytes(data[e.offset:e.offset + 4]) != _LOCAL:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, where, "",
+                 f"no local header at offset 0x{e.offset:x}; member cannot be read")
+        return None
+    fields = _LOCAL_FMT.unpack(bytes(data[e.offset:e.offset + 30]))
+    lflags, nlen, xlen = fields[2], fields[9], fields[10]
+    lname = bytes(data[e.offset + 30:e.offset + 30 + nlen]).decode("utf-8", "replace")
+    if e.in_directory and lname != e.name:
+        ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
+                 f"local header names the member {lname!r}, the central directory {e.name!r}")
+    flags = e.flags | lflags
+    if flags & 0x01:
+        ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
+                 "encryption flag set (zipfile refuses the member, PyTorch's reader ignores the flag); "
+                 "scanned as plain data")
+    odd = flags & ~(_NORMAL_FLAGS | 0x01)
+    if odd:
+        ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "", f"unusual zip flag bits 0x{odd:04x}")
+    start = e.offset + 30 + nlen + xlen
+    end = start + e.csize
+    if end > len(data):
+        ctx.emit("BASTION-PARSE", Severity.HIGH, where, "",
+                 f"member data ({e.csize} bytes) runs past the end of the archive; scanned what exists")
+        end = len(data)
+    raw = data[start:end]
+    try:
+        if e.method == zipfile.ZIP_STORED:
+            return raw
+        if e.method == zipfile.ZIP_DEFLATED:
+            out = ctx.inflate(zlib.decompressobj(-15), raw, where)
+        elif e.method == zipfile.ZIP_BZIP2:
+            out = ctx.inflate(bz2.BZ2Decompressor(), raw, where)
+        elif e.method == zipfile.ZIP_LZMA:
+            # zip's LZMA: 2 version bytes, 2-byte properties size, the properties, then raw LZMA1
+            psize = int.from_bytes(bytes(raw[2:4]), "little")
+            props = bytes(raw[4:4 + psize])
+            filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)  # type: ignore[attr-defined]
+            out = ctx.inflate(lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt]), raw[4 + psize:], where)
+        else:
+            ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
+                     f"compression method {e.method} is not supported by the scanner; member not scanned")
+            return None
+    except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as exc:
+        ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
+                 f"member does not decompress ({exc}); not scanned")
+        return None
+    if out is None:
+        return None
+    if not out.complete:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, where, "", "compressed member is truncated; scanned what it held")
+    return out.data
+
+
+def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    entries = _directory(ctx, data, inner)
+    walked = _walk_local(data, 0)
+    if entries is None:
+        entries = walked
+    else:
+        known = {e.offset for e in entries}
+        hidden = [e for e in walked if e.offset not in known]
+        for e in hidden:
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.location(inner, e.name), "",
+                     f"local header at offset 0x{e.offset:x} is missing from the central directory "
+                     "(a streaming reader would still load it); scanned")
+        entries = entries + hidden
+    names = [e.name for e in entries]
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.location(inner, n), "",
+                     "the name appears twice in the archive; readers disagree on which one they load")
+        seen.add(n)
+    member_hints = _classify_zip(names)
+    for e in entries:
+        if e.name.endswith("/") and e.csize == 0:
+            continue
+        body = _member_bytes(ctx, data, e, inner)
+        if body is None:
+            continue
+        where = ctx.location(inner, e.name)
+        kind = ctx.scan(body, where, depth + 1, member_hints)
+        if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
+                     "CRC-32 does not match the data (zipfile refuses it; other readers do not check); "
+                     "scanned anyway")
+        _by_name(ctx, e.name, body, where, member_hints)
+
+
+def _by_name(ctx: Context, name: str, body: memoryview | bytes, where: str, hints: frozenset[str]) -> None:
+    """Members a loader treats by name rather than by content: TorchScript code, Keras config."""
+    from bastion.scan import formats
+
+    if "torchscript" in hints and "/code/" in f"/{name}" and name.endswith(".py"):
+        formats.scan_torchscript_code(ctx, bytes(body), where)
+    if "keras" in hints and name == "config.json":
+        formats.scan_keras_config_json(ctx, bytes(body), where)
+
+
+def scan_tar(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    try:
+        with tarfile.open(fileobj=MemFile(data), mode="r:") as tf:
+            members = tf.getmembers()
+    except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"tar archive cannot be read ({exc})")
+        return
+    names = [m.name for m in members]
+    member_hints = hints | (frozenset({"torch"}) if {"pickle", "storages", "tensors"} <= set(names) else frozenset())
+    for m in members:
+        if not m.isfile():
+            continue
+        start, end = m.offset_data, m.offset_data + m.size
+        where = ctx.location(inner, m.name)
+        if end > len(data):
+            ctx.emit("BASTION-PARSE", Severity.HIGH, where, "", "tar member runs past the end of the archive")
+            end = len(data)
+        ctx.scan(data[start:end], where, depth + 1, member_hints)
+
+
+def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str], label: str,
+                 make: type | object, magic: bytes) -> None:
+    """gzip/bz2/xz: possibly several streams back to back; each decompressed under the budget."""
+    pos = 0
+    n = 0
+    while pos < len(data):
+        if n and bytes(data[pos:pos + len(magic)]) != magic:
+            break  # trailing padding after the last stream (gzip allows it)
+        d = make() if callable(make) else make
+        try:
+            out = ctx.inflate(d, data[pos:], inner)
+        except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as exc:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is corrupt ({exc})")
+            return
+        if out is None:
+            return
+        where = ctx.location(inner, label if not n else f"{label}[{n}]")
+        if not out.complete:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is truncated; scanned what it held")
+        ctx.scan(out.data, where, depth + 1, hints)
+        n += 1
+        if not out.complete or out.consumed <= 0:
+            break
+        pos += out.consumed
+
+
+def scan_gzip(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    _scan_stream(ctx, data, inner, depth, hints, "gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+                 b"\x1f\x8b")
+
+
+def scan_bz2(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    _scan_stream(ctx, data, inner, depth, hints, "bz2", bz2.BZ2Decompressor, b"BZh")
+
+
+def scan_xz(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    _scan_stream(ctx, data, inner, depth, hints, "xz", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+                 b"\xfd7zXZ\x00")
+
+
+def scan_lzma(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    # the legacy .lzma format has a 3-byte hint of a header: if it does not decode, treat it as unknown
+    try:
+        out = ctx.inflate(lzma.LZMADecompressor(lzma.FORMAT_ALONE), data, inner)
+    except lzma.LZMAError:
+        from bastion.scan.engine import scan_maybe_pickle
+
+        scan_maybe_pickle(ctx, data, inner, depth, hints)
+        return
+    if out is None:
+        return
+    if not out.complete:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "lzma stream is truncated; scanned what it held")
+    ctx.scan(out.data, ctx.location(inner, "lzma"), depth + 1, hints)
+
+
+def scan_joblib_zf(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    # joblib < 0.10 compressed files: b"ZF" + hex length padded to 18 bytes, then one zlib stream
+    scan_zlib_at(ctx, data, 18, inner, depth, hints)
+
+
+def scan_zlib_at(ctx: Context, data: memoryview, offset: int, inner: str, depth: int,
+                 hints: frozenset[str]) -> None:
+    try:
+        out = ctx.inflate(zlib.decompressobj(), data[offset:], inner)
+    except zlib.error as exc:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"zlib stream is corrupt ({exc})")
+        return
+    if out is None:
+        return
+    if not out.complete:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
+    ctx.scan(out.data, ctx.location(inner, "zlib"), depth + 1, hints)
+
+
+def scan_lz4(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    try:
+        import lz4.frame  # optional: joblib's lz4 compression
+    except ImportError:
+        ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, inner, "",
+                 "LZ4-compressed data (joblib compress='lz4'); install the lz4 package to scan it")
+        return
+    d = lz4.frame.LZ4FrameDecompressor()
+    try:
+        out = ctx.inflate(d, data, inner)
+    except RuntimeError as exc:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"lz4 stream is corrupt ({exc})")
+        return
+    if out is not None:
+        ctx.scan(out.data, ctx.location(inner, "lz4"), depth + 1, hints)
+
+
+def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    import py7zr
+    from py7zr.io import BytesIOFactory
+
+    budget = ctx.budget_left()
+    try:
+        with py7zr.SevenZipFile(MemFile(data), mode="r",  # type: ignore[arg-type]
+                                max_extract_size=budget) as archive:
+            if archive.needs_password():
+                ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, inner, "",
+                         "7z archive is encrypted; its members cannot be scanned")
+                return
+            infos = [i for i in archive.list() if not i.is_directory]
+            total = sum(i.uncompressed or 0 for i in infos)
+            if total > budget:
+                ctx.over_budget(inner)
+                return
+            factory = BytesIOFactory(budget + 1)
+            archive.extract(factory=factory)
+    except py7zr.exceptions.DecompressionBombError:
+        ctx.over_budget(inner)
+        return
+    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, OSError, ValueError,
+            EOFError, KeyError, lzma.LZMAError) as exc:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"7z archive cannot be read ({exc})")
+        return
+    for name, product in factory.products.items():
+        product.seek(0)
+        body = product.read()
+        ctx.decompressed += len(body)
+        ctx.scan(body, ctx.location(inner, name), depth + 1, hints)

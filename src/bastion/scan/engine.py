@@ -1,0 +1,234 @@
+"""The dispatcher: sniff a blob's format, hand it to that format's scanner, recurse into containers.
+
+One :class:`Context` per top-level file holds the findings, the policy, the decompression budget and
+the verdict cache. Every format scanner receives ``(ctx, data, inner, depth)``: ``data`` is a
+memoryview (zero-copy over the mmap'd file where possible), ``inner`` the location prefix inside the
+top-level file (container members joined by ``!``) and ``depth`` the nesting level.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.scan.findings import Finding, Severity
+from bastion.scan.pickle_vm import RawFinding, StreamResult, analyze_stream
+from bastion.scan.policy import Policy, Verdict
+from bastion.scan.sniff import sniff
+
+Handler = Callable[["Context", memoryview, str, int, frozenset[str]], None]
+NO_HINTS: frozenset[str] = frozenset()
+_SNIFF_BYTES = 1024
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Inflated:
+    """Output of one compressed stream: the bytes, whether the stream ended properly, input consumed."""
+
+    data: bytes
+    complete: bool
+    consumed: int
+
+
+@dataclass
+class Context:
+    path: str
+    policy: Policy
+    findings: list[Finding] = field(default_factory=list)
+    decompressed: int = 0
+    cache: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+
+    # reporting ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def location(inner: str, where: str = "") -> str:
+        if inner and where:
+            return f"{inner}@{where}"
+        return inner or where
+
+    def emit(self, rule: str, severity: Severity, inner: str, where: str, message: str,
+             global_name: str | None = None) -> None:
+        self.findings.append(Finding(rule, severity, self.path, self.location(inner, where), message,
+                                     global_name))
+
+    def emit_raw(self, raws: list[RawFinding], inner: str) -> None:
+        for rule, sev, where, message, gname in raws:
+            self.emit(rule, sev, inner, where, message, gname)
+
+    # recursion ---------------------------------------------------------------------------------------
+
+    def scan(self, data: memoryview | bytes, inner: str, depth: int, hints: frozenset[str] = frozenset()) -> str:
+        """Scan one blob; returns the format it was recognised as."""
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if depth > self.policy.limits.max_depth:
+            self.emit("BASTION-LIMIT", Severity.HIGH, inner, "",
+                      f"nested deeper than {self.policy.limits.max_depth} containers (limit max_depth); "
+                      "not scanned")
+            return "too-deep"
+        kind = sniff(bytes(mv[:_SNIFF_BYTES]), len(mv))
+        handler = _handlers().get(kind)
+        if handler is not None:
+            handler(self, mv, inner, depth, hints)
+        return kind
+
+    def pickle_stream(self, data: memoryview | bytes, inner: str, depth: int, *, torch_context: bool = False,
+                      max_pickles: int | None = None, probe: bool = False) -> StreamResult:
+        """Play the pickles in ``data`` and report what they do."""
+
+        def nested(payload: bytes, where: str) -> list[RawFinding]:
+            # bytes a loader unpickles again: scan them as their own pickle stream
+            sub = analyze_stream(payload, self.policy, nested=nested, cache=self.cache)
+            return [(r, s, f"{where}{w}", m, g) for r, s, w, m, g in sub.findings]
+
+        res = analyze_stream(data, self.policy, torch_context=torch_context, max_pickles=max_pickles,
+                             probe=probe, nested=nested, cache=self.cache)
+        if res.is_pickle:
+            self.emit_raw(res.findings, inner)
+        return res
+
+    # decompression under the budget -------------------------------------------------------------------
+
+    def budget_left(self) -> int:
+        return self.policy.limits.max_decompressed_bytes - self.decompressed
+
+    def inflate(self, decompressor: Any, data: memoryview | bytes, inner: str) -> Inflated | None:
+        """Run a zlib/bz2/lzma decompressor under the budget, never holding more than it allows.
+
+        Returns None (after reporting BASTION-LIMIT) when the output would exceed the budget.
+        """
+        left = self.budget_left()
+        out = bytearray()
+        src = memoryview(data)
+        pos = 0
+        is_zlib = hasattr(decompressor, "unconsumed_tail")
+        pending = b""
+        while not decompressor.eof:
+            if is_zlib:
+                if not pending:
+                    if pos >= len(src):
+                        break
+                    pending = bytes(src[pos:pos + _CHUNK])
+                    pos += len(pending)
+                piece = decompressor.decompress(pending, max(1, left - len(out) + 1))
+                pending = decompressor.unconsumed_tail
+            else:
+                if decompressor.needs_input:
+                    if pos >= len(src):
+                        break
+                    chunk = bytes(src[pos:pos + _CHUNK])
+                    pos += len(chunk)
+                else:
+                    chunk = b""
+                piece = decompressor.decompress(chunk, max(1, left - len(out) + 1))
+            out += piece
+            if len(out) > left:
+                self.over_budget(inner)
+                return None
+        self.decompressed += len(out)
+        consumed = pos - len(pending) - len(getattr(decompressor, "unused_data", b""))
+        return Inflated(bytes(out), bool(decompressor.eof), consumed)
+
+    def over_budget(self, inner: str) -> None:
+        self.emit("BASTION-LIMIT", Severity.HIGH, inner, "",
+                  f"decompressed data would exceed {self.policy.limits.max_decompressed_bytes} bytes "
+                  "(limit max_decompressed_bytes); the rest was not scanned")
+
+
+# -- format handlers that live here (the rest are in their own modules) -----------------------------------
+
+
+def scan_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    res = ctx.pickle_stream(data, inner, depth, torch_context="torch" in hints)
+    trailing(ctx, data, res.end, inner, depth, "pickle")
+
+
+def scan_maybe_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    res = ctx.pickle_stream(data, inner, depth, probe=True, torch_context="torch" in hints)
+    if res.is_pickle:
+        trailing(ctx, data, res.end, inner, depth, "pickle")
+    else:
+        scan_unknown(ctx, data, inner, depth, hints)
+
+
+def trailing(ctx: Context, data: memoryview, end: int, inner: str, depth: int, fmt: str) -> None:
+    """Bytes after a format's end: a polyglot can hide a second format there, so scan them too."""
+    if end <= 0 or end >= len(data):
+        return
+    rest = data[end:]
+    kind = sniff(bytes(rest[:_SNIFF_BYTES]), len(rest))
+    if kind in ("unknown", "maybe-pickle"):
+        if _has_zip_end(rest):
+            kind = "zip"
+        else:
+            return
+    ctx.emit("BASTION-TRAILING-DATA", Severity.MEDIUM, inner, f"offset 0x{end:x}",
+             f"{len(rest)} bytes after the end of the {fmt} look like {kind}; scanned as such")
+    ctx.scan(rest, ctx.location(inner, f"offset 0x{end:x}"), depth + 1)
+
+
+def _has_zip_end(data: memoryview) -> bool:
+    tail = bytes(data[-(65536 + 22):])
+    return b"PK\x05\x06" in tail
+
+
+def scan_unknown(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    # an unrecognised blob may still be a zip with data in front (zip readers look at the end)
+    if len(data) >= 22 and _has_zip_end(data):
+        from bastion.scan.archives import scan_zip
+
+        scan_zip(ctx, data, inner, depth, hints)
+
+
+def scan_torch_legacy(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    # magic, protocol version, sys_info, the object, storage keys; raw storage bytes follow
+    res = ctx.pickle_stream(data, inner, depth, torch_context=True, max_pickles=5)
+    if res.pickles < 5 and not res.failed:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, f"offset 0x{res.end:x}",
+                 f"legacy PyTorch checkpoint holds {res.pickles} of its 5 pickles; truncated or corrupt")
+
+
+def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    # two bytes of zlib header are weak evidence: if it does not inflate, it may be a protocol-0 pickle
+    try:
+        out = ctx.inflate(zlib.decompressobj(), data, inner)
+    except zlib.error:
+        scan_maybe_pickle(ctx, data, inner, depth, hints)
+        return
+    if out is None:
+        return
+    if not out.complete:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
+    ctx.scan(out.data, ctx.location(inner, "zlib"), depth + 1)
+
+
+_HANDLER_CACHE: dict[str, Any] = {}
+
+
+def _handlers() -> dict[str, Any]:
+    if not _HANDLER_CACHE:
+        from bastion.scan import archives, formats
+
+        _HANDLER_CACHE.update({
+            "pickle": scan_pickle,
+            "maybe-pickle": scan_maybe_pickle,
+            "torch-legacy": scan_torch_legacy,
+            "unknown": scan_unknown,
+            "zlib": scan_zlib,
+            "zip": archives.scan_zip,
+            "tar": archives.scan_tar,
+            "gzip": archives.scan_gzip,
+            "bz2": archives.scan_bz2,
+            "xz": archives.scan_xz,
+            "lzma": archives.scan_lzma,
+            "7z": archives.scan_7z,
+            "lz4": archives.scan_lz4,
+            "joblib-zf": archives.scan_joblib_zf,
+            "npy": formats.scan_npy,
+            "hdf5": formats.scan_hdf5,
+            "safetensors": formats.scan_safetensors,
+            "onnx": formats.scan_onnx,
+        })
+    return _HANDLER_CACHE

@@ -1,0 +1,763 @@
+"""A symbolic pickle machine: follows the stack and the memo without importing or calling anything.
+
+``pickletools.genops`` decodes opcodes; this module plays them on symbolic values (a global reference,
+the result of a call, a constant, a container) so it knows which globals a pickle imports, which it
+actually calls and with which arguments, even when names come from the memo (STACK_GLOBAL fed by
+BINGET) or from another call (``getattr(module, "system")``). Nothing here ever imports a module
+named by the data.
+"""
+
+from __future__ import annotations
+
+import pickletools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.scan.findings import Severity
+from bastion.scan.policy import Policy, Verdict
+
+#: ``(rule_id, severity, location, message, global_name)`` as the machine reports them
+RawFinding = tuple[str, Severity, str, str, str | None]
+
+_MAX_ITEMS = 64  # items kept per container: enough to read call arguments, bounded for pickle bombs
+_MAX_REPR = 160
+_PICKLE_EVIDENCE = 32  # opcodes decoded without error before a probe calls the data a pickle
+
+#: callables that unpickle their bytes argument again: scan those bytes as a nested pickle
+_NESTED_LOADERS = {
+    ("torch.storage", "_load_from_bytes"),
+    ("pickle", "loads"),
+    ("_pickle", "loads"),
+    ("dill", "loads"),
+    ("cloudpickle", "loads"),
+}
+
+
+class PickleError(Exception):
+    """The pickle is malformed (a real unpickler would stop here, possibly after running a call)."""
+
+
+class LimitError(PickleError):
+    """An opcode or payload limit was hit."""
+
+
+# -- symbolic values ------------------------------------------------------------------------------------
+
+
+class Value:
+    def describe(self, depth: int = 0) -> str:
+        return "?"
+
+
+@dataclass(eq=False)
+class Const(Value):
+    value: Any
+
+    def describe(self, depth: int = 0) -> str:
+        v = self.value
+        if isinstance(v, (bytes, bytearray)) and len(v) > 40:
+            return f"<{len(v)} bytes>"
+        text = repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(eq=False)
+class GlobalRef(Value):
+    module: str
+    name: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+    def describe(self, depth: int = 0) -> str:
+        return self.qualname
+
+
+@dataclass(eq=False)
+class Call(Value):
+    func: Value
+    args: Value
+    kind: str = "call"
+    state: Value | None = None
+
+    def describe(self, depth: int = 0) -> str:
+        if depth > 3:
+            return f"{self.func.describe(depth + 1)}(...)"
+        args = self.args.describe(depth + 1)
+        if isinstance(self.args, Seq) and self.args.kind == "tuple":
+            args = args[1:-1].rstrip(",")
+        return f"{self.func.describe(depth + 1)}({args})"
+
+
+@dataclass(eq=False)
+class Seq(Value):
+    kind: str  # tuple, list, set, frozenset
+    items: list[Value] = field(default_factory=list)
+    dropped: int = 0
+
+    def add(self, more: list[Value]) -> None:
+        room = _MAX_ITEMS - len(self.items)
+        self.items.extend(more[:room])
+        self.dropped += max(0, len(more) - room)
+
+    def describe(self, depth: int = 0) -> str:
+        if depth > 3:
+            return "[...]"
+        inner = ", ".join(i.describe(depth + 1) for i in self.items[:8])
+        if len(self.items) > 8 or self.dropped:
+            inner += ", ..."
+        if self.kind == "tuple":
+            return f"({inner}{',' if len(self.items) == 1 else ''})"
+        return f"[{inner}]" if self.kind == "list" else f"{self.kind}({{{inner}}})"
+
+
+@dataclass(eq=False)
+class DictV(Value):
+    items: list[tuple[Value, Value]] = field(default_factory=list)
+    dropped: int = 0
+
+    def add(self, more: list[tuple[Value, Value]]) -> None:
+        room = _MAX_ITEMS - len(self.items)
+        self.items.extend(more[:room])
+        self.dropped += max(0, len(more) - room)
+
+    def get(self, key: str) -> Value | None:
+        for k, v in self.items:
+            if isinstance(k, Const) and k.value == key:
+                return v
+        return None
+
+    def describe(self, depth: int = 0) -> str:
+        if depth > 3:
+            return "{...}"
+        inner = ", ".join(f"{k.describe(depth + 1)}: {v.describe(depth + 1)}" for k, v in self.items[:6])
+        return "{" + inner + (", ..." if len(self.items) > 6 or self.dropped else "") + "}"
+
+
+@dataclass(eq=False)
+class Opaque(Value):
+    what: str
+
+    def describe(self, depth: int = 0) -> str:
+        return f"<{self.what}>"
+
+
+# -- the reader genops pulls from ----------------------------------------------------------------------
+
+
+class Reader:
+    """A seekable read-only view over bytes, an mmap or a memoryview; reads are capped in size."""
+
+    def __init__(self, data: bytes | memoryview, pos: int = 0, max_read: int = 1 << 62) -> None:
+        self.mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
+        self.pos = pos
+        self.max_read = max_read
+
+    def __len__(self) -> int:
+        return len(self.mv)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.mv) if n < 0 else min(len(self.mv), self.pos + n)
+        if end - self.pos > self.max_read:
+            raise LimitError(f"a {end - self.pos}-byte constant is over the payload limit ({self.max_read})")
+        out = bytes(self.mv[self.pos:end])
+        self.pos = end
+        return out
+
+    def readline(self) -> bytes:
+        start = self.pos
+        size = len(self.mv)
+        step = 256
+        while self.pos < size:
+            chunk = bytes(self.mv[self.pos:min(size, self.pos + step)])
+            idx = chunk.find(b"\n")
+            if idx >= 0:
+                self.pos += idx + 1
+                return bytes(self.mv[start:self.pos])
+            self.pos += len(chunk)
+            if self.pos - start > self.max_read:
+                raise LimitError("a text line in the pickle is over the payload limit")
+            step = min(step * 4, 1 << 20)
+        return bytes(self.mv[start:self.pos])
+
+
+# -- the machine ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Use:
+    """Everything one pickle does with one global, reported once."""
+
+    ref: GlobalRef
+    verdict: Verdict
+    location: str
+    uses: int = 1
+    calls: int = 0
+    call_desc: str = ""
+    call_location: str = ""
+
+
+@dataclass
+class PickleResult:
+    """Outcome of playing one pickle (up to STOP or up to the error that stopped it)."""
+
+    findings: list[RawFinding]
+    start: int
+    end: int
+    opcodes: int = 0
+    complete: bool = False
+    error: str | None = None
+    limit_hit: bool = False
+    globals_seen: int = 0  # well-formed global names decoded (evidence that this really is a pickle)
+
+    @property
+    def looks_like_pickle(self) -> bool:
+        # random bytes and text die within a few opcodes; dozens of valid ones in a row are a pickle
+        return self.complete or self.globals_seen > 0 or self.limit_hit or self.opcodes >= _PICKLE_EVIDENCE
+
+
+Nested = Callable[[bytes, str], list[RawFinding]]
+
+
+class Machine:
+    """Plays one pickle symbolically. Create one per pickle; call :meth:`run`."""
+
+    def __init__(self, reader: Reader, policy: Policy, *, torch_context: bool = False,
+                 nested: Nested | None = None, cache: dict[tuple[str, str], Verdict] | None = None,
+                 label: str = "") -> None:
+        self.r = reader
+        self.policy = policy
+        self.torch_context = torch_context
+        self.nested = nested
+        self.cache = cache if cache is not None else {}
+        self.label = label
+        self.stack: list[Value] = []
+        self.metastack: list[list[Value]] = []
+        self.memo: dict[int, Value] = {}
+        self.uses: dict[tuple[str, str], _Use] = {}
+        self.extra: list[RawFinding] = []
+        self.globals_seen = 0
+        self.index = 0
+        self.pos = 0
+        self.persid_reported = False
+
+    # helpers -------------------------------------------------------------------------------------------
+
+    def where(self) -> str:
+        return f"{self.label}opcode {self.index} (offset 0x{self.pos:x})"
+
+    def report(self, rule: str, sev: Severity, message: str, global_name: str | None = None) -> None:
+        self.extra.append((rule, sev, self.where(), message, global_name))
+
+    def pop(self) -> Value:
+        if not self.stack:
+            raise PickleError("stack underflow")
+        return self.stack.pop()
+
+    def top(self) -> Value:
+        if not self.stack:
+            raise PickleError("stack underflow")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list[Value]:
+        if not self.metastack:
+            raise PickleError("MARK expected but none on the stack")
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def verdict(self, module: str, name: str) -> Verdict:
+        key = (module, name)
+        v = self.cache.get(key)
+        if v is None:
+            v = self.policy.verdict(module, name)
+            self.cache[key] = v
+        return v
+
+    def make_global(self, module: str, name: str) -> GlobalRef:
+        ref = GlobalRef(module, name)
+        if module.replace(".", "").replace("_", "").isalnum() and name.replace(".", "").replace("_", "").isalnum():
+            self.globals_seen += 1
+        verdict = self.verdict(module, name)
+        if verdict.severity is not None:
+            use = self.uses.get((module, name))
+            if use is None:
+                self.uses[(module, name)] = _Use(ref, verdict, self.where())
+            else:
+                use.uses += 1
+        return ref
+
+    def call(self, func: Value, args: Value, kind: str) -> Value:
+        result = Call(func, args, kind)
+        if isinstance(func, GlobalRef):
+            use = self.uses.get((func.module, func.name))
+            if use is not None:
+                use.calls += 1
+                if use.calls == 1:
+                    use.call_desc = result.describe()
+                    use.call_location = self.where()
+            special = self._special_call(func, args)
+            if special is not None:
+                return special
+        else:
+            what = func.describe()
+            self.report("BASTION-PICKLE-COMPUTED-CALL", Severity.HIGH,
+                        f"{kind} of a computed callable {what} with {args.describe()}")
+        return result
+
+    def _special_call(self, func: GlobalRef, args: Value) -> Value | None:
+        """Follow calls that name further globals or carry nested pickles."""
+        items = args.items if isinstance(args, Seq) else []
+        if (func.module, func.name) == ("_codecs", "encode") and len(items) == 2:
+            text, enc = items
+            if isinstance(text, Const) and isinstance(text.value, str) and isinstance(enc, Const) \
+                    and enc.value == "latin1":
+                # protocol 2 spells bytes as _codecs.encode(str, "latin1"): keep them as bytes
+                return Const(text.value.encode("latin-1"))
+        if (func.module, func.name) in {("builtins", "getattr"), ("__builtin__", "getattr")} and len(items) >= 2:
+            target, attr = items[0], items[1]
+            if isinstance(target, GlobalRef) and isinstance(attr, Const) and isinstance(attr.value, str):
+                # getattr(os, "system") names os.system: classify the reached object too
+                return self.make_global(target.module, f"{target.name}.{attr.value}")
+        if (func.module, func.name) in _NESTED_LOADERS and items and self.nested is not None:
+            payload = items[0]
+            if isinstance(payload, Const) and isinstance(payload.value, (bytes, bytearray)):
+                self.report("BASTION-PICKLE-NESTED", Severity.MEDIUM,
+                            f"{func.qualname} unpickles a {len(payload.value)}-byte payload; scanned below")
+                self.extra.extend(self.nested(bytes(payload.value), f"{self.where()}>"))
+        return None
+
+    # the main loop -----------------------------------------------------------------------------------
+
+    def run(self, max_opcodes: int) -> PickleResult:
+        start = self.r.tell()
+        result = PickleResult([], start, start)
+        try:
+            for opcode, arg, pos in pickletools.genops(self.r):  # type: ignore[arg-type]
+                self.pos = pos if pos is not None else self.r.tell()
+                self.index += 1
+                if self.index > max_opcodes:
+                    raise LimitError(f"more than {max_opcodes} opcodes (limit max_opcodes)")
+                handler = _HANDLERS.get(opcode.name)
+                if handler is None:
+                    raise PickleError(f"opcode {opcode.name} is not understood by the scanner")
+                handler(self, arg)
+                if opcode.name == "STOP":
+                    result.complete = True
+        except LimitError as exc:
+            result.error = str(exc)
+            result.limit_hit = True
+        except (PickleError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError,
+                OverflowError, EOFError) as exc:
+            result.error = str(exc) or type(exc).__name__
+        result.end = self.r.tell()
+        result.opcodes = self.index
+        result.globals_seen = self.globals_seen
+        result.findings = self._findings() + self.extra
+        return result
+
+    def _findings(self) -> list[RawFinding]:
+        out: list[RawFinding] = []
+        for use in self.uses.values():
+            v = use.verdict
+            assert v.severity is not None
+            if use.calls:
+                msg = f"calls {use.call_desc}"
+                loc = use.call_location
+            else:
+                msg = f"imports {use.ref.qualname}"
+                loc = use.location
+            extra = []
+            if use.uses > 1:
+                extra.append(f"named {use.uses} times")
+            if use.calls > 1:
+                extra.append(f"called {use.calls} times")
+            note = f" ({'; '.join(extra)})" if extra else ""
+            msg = msg if len(msg) <= _MAX_REPR else msg[:_MAX_REPR - 3] + "..."
+            out.append((v.rule_id, v.severity, loc, f"{msg}{note}: {v.reason}", use.ref.qualname))
+        return out
+
+    # opcode handlers ---------------------------------------------------------------------------------
+
+    def op_const(self, arg: Any) -> None:
+        self.stack.append(Const(arg))
+
+    def op_none(self, arg: Any) -> None:
+        self.stack.append(Const(None))
+
+    def op_true(self, arg: Any) -> None:
+        self.stack.append(Const(True))
+
+    def op_false(self, arg: Any) -> None:
+        self.stack.append(Const(False))
+
+    def op_empty_list(self, arg: Any) -> None:
+        self.stack.append(Seq("list"))
+
+    def op_empty_tuple(self, arg: Any) -> None:
+        self.stack.append(Seq("tuple"))
+
+    def op_empty_dict(self, arg: Any) -> None:
+        self.stack.append(DictV())
+
+    def op_empty_set(self, arg: Any) -> None:
+        self.stack.append(Seq("set"))
+
+    def op_mark(self, arg: Any) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def op_list(self, arg: Any) -> None:
+        s = Seq("list")
+        s.add(self.pop_mark())
+        self.stack.append(s)
+
+    def op_tuple(self, arg: Any) -> None:
+        s = Seq("tuple")
+        s.add(self.pop_mark())
+        self.stack.append(s)
+
+    def op_frozenset(self, arg: Any) -> None:
+        s = Seq("frozenset")
+        s.add(self.pop_mark())
+        self.stack.append(s)
+
+    def _tuple_n(self, n: int) -> None:
+        if len(self.stack) < n:
+            raise PickleError("stack underflow")
+        items = self.stack[len(self.stack) - n:]
+        del self.stack[len(self.stack) - n:]
+        self.stack.append(Seq("tuple", items))
+
+    def op_tuple1(self, arg: Any) -> None:
+        self._tuple_n(1)
+
+    def op_tuple2(self, arg: Any) -> None:
+        self._tuple_n(2)
+
+    def op_tuple3(self, arg: Any) -> None:
+        self._tuple_n(3)
+
+    def op_dict(self, arg: Any) -> None:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise PickleError("DICT with an odd number of items")
+        d = DictV()
+        d.add(list(zip(items[::2], items[1::2], strict=True)))
+        self.stack.append(d)
+
+    def _method_on(self, target: Value, method: str) -> None:
+        # APPEND/SETITEM/ADDITEMS on something that is not a plain container call its methods
+        if isinstance(target, GlobalRef):
+            self.report("BASTION-PICKLE-COMPUTED-CALL", Severity.HIGH,
+                        f"calls {method} on the global {target.qualname}", target.qualname)
+
+    def op_append(self, arg: Any) -> None:
+        value = self.pop()
+        target = self.top()
+        if isinstance(target, Seq):
+            target.add([value])
+        else:
+            self._method_on(target, "append")
+
+    def op_appends(self, arg: Any) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        if isinstance(target, Seq):
+            target.add(items)
+        else:
+            self._method_on(target, "extend")
+
+    def op_additems(self, arg: Any) -> None:
+        self.op_appends(arg)
+
+    def op_setitem(self, arg: Any) -> None:
+        value = self.pop()
+        key = self.pop()
+        target = self.top()
+        if isinstance(target, DictV):
+            target.add([(key, value)])
+        else:
+            self._method_on(target, "__setitem__")
+
+    def op_setitems(self, arg: Any) -> None:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise PickleError("SETITEMS with an odd number of items")
+        target = self.top()
+        if isinstance(target, DictV):
+            target.add(list(zip(items[::2], items[1::2], strict=True)))
+        else:
+            self._method_on(target, "__setitem__")
+
+    def op_pop(self, arg: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self.pop_mark()
+
+    def op_dup(self, arg: Any) -> None:
+        self.stack.append(self.top())
+
+    def op_pop_mark(self, arg: Any) -> None:
+        self.pop_mark()
+
+    def op_get(self, arg: Any) -> None:
+        key = int(arg)
+        if key not in self.memo:
+            raise PickleError(f"memo key {key} read before it was written")
+        self.stack.append(self.memo[key])
+
+    def op_put(self, arg: Any) -> None:
+        key = int(arg)
+        if key < 0:
+            raise PickleError("negative memo key")
+        self.memo[key] = self.top()
+
+    def op_memoize(self, arg: Any) -> None:
+        self.memo[len(self.memo)] = self.top()
+
+    def op_ext(self, arg: Any) -> None:
+        self.report("BASTION-PICKLE-EXT", Severity.HIGH,
+                    f"extension code {arg}: copyreg's registry is empty unless the loader filled it, "
+                    "so this names an unknown global")
+        self.stack.append(Opaque(f"extension {arg}"))
+
+    def op_global(self, arg: Any) -> None:
+        module, _, name = str(arg).partition(" ")
+        self.stack.append(self.make_global(module, name))
+
+    def op_stack_global(self, arg: Any) -> None:
+        name = self.pop()
+        module = self.pop()
+        if (isinstance(module, Const) and isinstance(module.value, str)
+                and isinstance(name, Const) and isinstance(name.value, str)):
+            self.stack.append(self.make_global(module.value, name.value))
+            return
+        self.report("BASTION-PICKLE-DYNAMIC-GLOBAL", Severity.CRITICAL,
+                    f"STACK_GLOBAL with module {module.describe()} and name {name.describe()} "
+                    "that are not constant strings")
+        self.stack.append(Opaque("dynamic global"))
+
+    def op_reduce(self, arg: Any) -> None:
+        args = self.pop()
+        func = self.pop()
+        self.stack.append(self.call(func, args, "call"))
+
+    def op_newobj(self, arg: Any) -> None:
+        args = self.pop()
+        cls = self.pop()
+        self.stack.append(self.call(cls, args, "instantiation"))
+
+    def op_newobj_ex(self, arg: Any) -> None:
+        kwargs = self.pop()
+        args = self.pop()
+        cls = self.pop()
+        packed = Seq("tuple", [args, kwargs])
+        self.stack.append(self.call(cls, packed, "instantiation"))
+
+    def op_inst(self, arg: Any) -> None:
+        module, _, name = str(arg).partition(" ")
+        items = self.pop_mark()
+        ref = self.make_global(module, name)
+        self.stack.append(self.call(ref, Seq("tuple", items[:_MAX_ITEMS]), "instantiation"))
+
+    def op_obj(self, arg: Any) -> None:
+        items = self.pop_mark()
+        if not items:
+            raise PickleError("OBJ without a class")
+        self.stack.append(self.call(items[0], Seq("tuple", items[1:_MAX_ITEMS]), "instantiation"))
+
+    def op_build(self, arg: Any) -> None:
+        state = self.pop()
+        obj = self.top()
+        if isinstance(obj, GlobalRef):
+            self.report("BASTION-PICKLE-BUILD-GLOBAL", Severity.CRITICAL,
+                        f"BUILD sets state {state.describe()} on the global {obj.qualname} itself",
+                        obj.qualname)
+        elif isinstance(obj, Call):
+            obj.state = state
+            func = obj.func
+            if isinstance(func, GlobalRef) and func.name == "NumpyArrayWrapper" and \
+                    func.module.startswith("joblib"):
+                self._skip_joblib_array(state)
+
+    def _skip_joblib_array(self, state: Value) -> None:
+        """joblib writes array bytes straight after the wrapper's BUILD: step over them (or scan them)."""
+        if not isinstance(state, DictV):
+            raise PickleError("joblib NumpyArrayWrapper without a state dict")
+        shape = state.get("shape")
+        dtype = state.get("dtype")
+        if not isinstance(shape, Seq) or not all(isinstance(i, Const) and isinstance(i.value, int)
+                                                 for i in shape.items) or shape.dropped:
+            raise PickleError("joblib array with a shape the scanner cannot read")
+        count = 1
+        for item in shape.items:
+            assert isinstance(item, Const)
+            if item.value < 0:
+                raise PickleError("joblib array with a negative dimension")
+            count *= item.value
+        itemsize, has_object = _dtype_info(dtype)
+        if has_object:
+            # an object array is a whole nested pickle, played by a fresh unpickler: scan it in place
+            inner = Machine(self.r, self.policy, nested=self.nested, cache=self.cache,
+                            label=f"{self.label}joblib object array@")
+            res = inner.run(max_opcodes=10_000_000)
+            self.extra.extend(res.findings)
+            if not res.complete:
+                raise PickleError(f"joblib object array: {res.error}")
+            return
+        if state.get("numpy_array_alignment_bytes") is not None:
+            pad = self.r.read(1)
+            if len(pad) != 1:
+                raise PickleError("joblib array padding byte missing")
+            self.r.seek(self.r.tell() + pad[0])
+        size = count * itemsize
+        start = self.r.tell()
+        if start + size > len(self.r):
+            raise PickleError(f"joblib array of {size} bytes runs past the end of the data")
+        self.r.seek(start + size)
+
+    def op_persid(self, arg: Any) -> None:
+        self._persid(Const(arg))
+
+    def op_binpersid(self, arg: Any) -> None:
+        self._persid(self.pop())
+
+    def _persid(self, pid: Value) -> None:
+        # PyTorch names its storages this way; elsewhere the loader's persistent_load decides
+        if not self.torch_context and not self.persid_reported:
+            self.persid_reported = True
+            self.report("BASTION-PICKLE-PERSID", Severity.MEDIUM,
+                        f"persistent id {pid.describe()} outside a PyTorch checkpoint")
+        self.stack.append(Opaque(f"persistent {pid.describe()}"))
+
+    def op_next_buffer(self, arg: Any) -> None:
+        self.stack.append(Opaque("out-of-band buffer"))
+
+    def op_noop(self, arg: Any) -> None:
+        return None
+
+    def op_stop(self, arg: Any) -> None:
+        self.pop()
+
+
+def _dtype_info(dtype: Value | None) -> tuple[int, bool]:
+    """(itemsize, has_object) of a symbolic ``numpy.dtype(...)`` call with its BUILD state."""
+    if not isinstance(dtype, Call) or not isinstance(dtype.args, Seq) or not dtype.args.items:
+        raise PickleError("joblib array without a readable dtype")
+    descr = dtype.args.items[0]
+    if not isinstance(descr, Const) or not isinstance(descr.value, str):
+        raise PickleError("joblib array dtype is not a type code")
+    code = descr.value
+    state = dtype.state
+    if isinstance(state, Seq) and len(state.items) > 5:
+        elsize = state.items[5]
+        if isinstance(elsize, Const) and isinstance(elsize.value, int) and elsize.value > 0:
+            has_obj = _fields_have_object(state.items[4] if len(state.items) > 4 else None)
+            return elsize.value, has_obj or code.lstrip("<>=|").startswith("O")
+    import numpy as np
+
+    try:
+        dt = np.dtype(code)  # parses a type code string only: nothing is imported or called
+    except (TypeError, ValueError) as exc:
+        raise PickleError(f"joblib array dtype {code!r} is not valid ({exc})") from None
+    return dt.itemsize, dt.hasobject
+
+
+def _fields_have_object(fields: Value | None) -> bool:
+    # structured dtypes list their fields' dtypes; any object field makes the array a pickle
+    if isinstance(fields, DictV):
+        return any("O" in v.describe() for _, v in fields.items)
+    return False
+
+
+_HANDLERS: dict[str, Callable[[Machine, Any], None]] = {}
+for _name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+              "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
+              "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"):
+    _HANDLERS[_name] = Machine.op_const
+_HANDLERS.update({
+    "NONE": Machine.op_none, "NEWTRUE": Machine.op_true, "NEWFALSE": Machine.op_false,
+    "EMPTY_LIST": Machine.op_empty_list, "EMPTY_TUPLE": Machine.op_empty_tuple,
+    "EMPTY_DICT": Machine.op_empty_dict, "EMPTY_SET": Machine.op_empty_set,
+    "MARK": Machine.op_mark, "LIST": Machine.op_list, "TUPLE": Machine.op_tuple,
+    "TUPLE1": Machine.op_tuple1, "TUPLE2": Machine.op_tuple2, "TUPLE3": Machine.op_tuple3,
+    "DICT": Machine.op_dict, "FROZENSET": Machine.op_frozenset,
+    "APPEND": Machine.op_append, "APPENDS": Machine.op_appends, "ADDITEMS": Machine.op_additems,
+    "SETITEM": Machine.op_setitem, "SETITEMS": Machine.op_setitems,
+    "POP": Machine.op_pop, "DUP": Machine.op_dup, "POP_MARK": Machine.op_pop_mark,
+    "GET": Machine.op_get, "BINGET": Machine.op_get, "LONG_BINGET": Machine.op_get,
+    "PUT": Machine.op_put, "BINPUT": Machine.op_put, "LONG_BINPUT": Machine.op_put,
+    "MEMOIZE": Machine.op_memoize,
+    "EXT1": Machine.op_ext, "EXT2": Machine.op_ext, "EXT4": Machine.op_ext,
+    "GLOBAL": Machine.op_global, "STACK_GLOBAL": Machine.op_stack_global, "INST": Machine.op_inst,
+    "OBJ": Machine.op_obj, "NEWOBJ": Machine.op_newobj, "NEWOBJ_EX": Machine.op_newobj_ex,
+    "REDUCE": Machine.op_reduce, "BUILD": Machine.op_build,
+    "PERSID": Machine.op_persid, "BINPERSID": Machine.op_binpersid,
+    "NEXT_BUFFER": Machine.op_next_buffer, "READONLY_BUFFER": Machine.op_noop,
+    "PROTO": Machine.op_noop, "FRAME": Machine.op_noop, "STOP": Machine.op_stop,
+})
+
+
+# -- whole pickle streams -------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    """All pickles found one after another in a buffer."""
+
+    findings: list[RawFinding]
+    pickles: int
+    end: int  # offset just after the last complete pickle
+    is_pickle: bool
+    failed: bool = False  # a parse error or limit stopped the stream
+
+
+def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: bool = False,
+                   max_pickles: int | None = None, probe: bool = False, nested: Nested | None = None,
+                   cache: dict[tuple[str, str], Verdict] | None = None) -> StreamResult:
+    """Play every pickle in ``data``, one after another.
+
+    ``probe``: the caller does not know this is a pickle; if the first one neither completes nor names a
+    well-formed global, report nothing and say ``is_pickle=False``. After the first pickle, trailing
+    bytes that do not look like a pickle end the stream without a finding (torch's legacy format and
+    joblib keep raw data there); bytes that do look like one are scanned like the first.
+    """
+    limits = policy.limits
+    reader = Reader(data, max_read=limits.max_payload_bytes)
+    findings: list[RawFinding] = []
+    count = 0
+    end = 0
+    failed = False
+    cache = cache if cache is not None else {}
+    while reader.tell() < len(reader) and (max_pickles is None or count < max_pickles):
+        start = reader.tell()
+        label = f"pickle {count + 1}, " if count else ""
+        machine = Machine(reader, policy, torch_context=torch_context, nested=nested, cache=cache, label=label)
+        res = machine.run(limits.max_opcodes)
+        first = count == 0
+        if not res.looks_like_pickle and (probe or not first):
+            reader.seek(start)
+            break
+        count += 1
+        findings.extend(res.findings)
+        if res.error is not None:
+            rule = "BASTION-LIMIT" if res.limit_hit else "BASTION-PARSE"
+            where = f"{label}opcode {res.opcodes} (offset 0x{res.end:x})"
+            findings.append((rule, Severity.HIGH, where,
+                             f"pickle could not be fully parsed ({res.error}); what follows was not scanned",
+                             None))
+            end = res.end
+            failed = True
+            break
+        end = res.end
+    return StreamResult(findings, count, end, count > 0, failed)

@@ -1,0 +1,475 @@
+"""Which globals a model file may name: an allowlist of what ML files need, a denylist with severities.
+
+Patterns are ``module:name`` with shell-style wildcards (``fnmatch``), e.g. ``torch.nn.modules.*:[A-Z]*``
+(every class in PyTorch's layer modules: class names start with a capital, functions do not). A deny
+pattern also covers submodules (``os:*`` matches ``os.path:join``) and every way of reaching the same
+object through a dotted name (``torch._utils:os.system`` reaches ``os:system``). Deny wins over wildcard
+allow entries; an exact allow entry (no wildcards) carves one name out of a denied namespace;
+what neither list names is reported at ``unknown_severity`` (HIGH by default), so a file can only be
+clean by naming things someone decided are safe.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import InputError
+from bastion.scan.findings import Severity
+
+#: what a model file legitimately names (module:name globs)
+DEFAULT_ALLOW: tuple[str, ...] = (
+    # PyTorch tensors, storages, parameters and the small types a state dict holds
+    "torch._utils:_rebuild_tensor",
+    "torch._utils:_rebuild_tensor_v2",
+    "torch._utils:_rebuild_tensor_v3",
+    "torch._utils:_rebuild_parameter",
+    "torch._utils:_rebuild_parameter_with_state",
+    "torch._utils:_rebuild_sparse_tensor",
+    "torch._utils:_rebuild_sparse_csr_tensor",
+    "torch._utils:_rebuild_nested_tensor",
+    "torch._utils:_rebuild_device_tensor_from_numpy",
+    "torch._utils:_rebuild_device_tensor_from_cpu_tensor",
+    "torch._utils:_rebuild_meta_tensor_no_storage",
+    "torch._utils:_rebuild_wrapper_subclass",
+    "torch._utils:_rebuild_qtensor",
+    "torch._tensor:_rebuild_from_type",
+    "torch._tensor:_rebuild_from_type_v2",
+    "torch:*Storage",
+    "torch.storage:TypedStorage",
+    "torch.storage:UntypedStorage",
+    "torch:Size",
+    "torch:Tensor",
+    "torch:device",
+    "torch:dtype",
+    "torch:float*",
+    "torch:bfloat16",
+    "torch:half",
+    "torch:double",
+    "torch:complex*",
+    "torch:int*",
+    "torch:uint*",
+    "torch:bool",
+    "torch:long",
+    "torch:short",
+    "torch:cfloat",
+    "torch:cdouble",
+    "torch:qint8",
+    "torch:quint8",
+    "torch:qint32",
+    "torch:*_format",
+    "torch:strided",
+    "torch:sparse_coo",
+    "torch:sparse_csr",
+    "torch:per_tensor_affine",
+    "torch:per_channel_affine",
+    "torch.serialization:_get_layout",
+    "torch.nn.parameter:Parameter",
+    "torch.nn.parameter:Buffer",
+    "torch.nn.parameter:UninitializedParameter",
+    "torch.nn.modules.*:[A-Z]*",
+    "torch.nn.utils.parametrize:[A-Z]*",
+    "torch.nn.utils.parametrizations:[A-Z]*",
+    "torch.optim.*:[A-Z]*",
+    "torch.optim:[A-Z]*",
+    "torch.amp.grad_scaler:GradScaler",
+    "torch.cuda.amp.grad_scaler:GradScaler",
+    "torch.torch_version:TorchVersion",
+    # TorchScript's own pickles (constants.pkl, *.debug_pkl) rebuild typed lists through these helpers,
+    # which return their argument unchanged
+    "torch.jit._pickle:build_intlist",
+    "torch.jit._pickle:build_tensorlist",
+    "torch.jit._pickle:build_doublelist",
+    "torch.jit._pickle:build_boollist",
+    "torch.jit._pickle:build_tensor_from_id",
+    "torch.jit._pickle:restore_type_tag",
+    "torch.ao.quantization.*:[A-Z]*",
+    # TorchScript archives name their own compiled classes under __torch__ (resolved by the TorchScript
+    # loader from the archive's code, never imported from Python)
+    "__torch__:*",
+    "__torch__.*:*",
+    # NumPy arrays, scalars and dtypes (both the numpy.core and the numpy 2 numpy._core spellings)
+    "numpy.core.multiarray:_reconstruct",
+    "numpy._core.multiarray:_reconstruct",
+    "numpy.core.multiarray:scalar",
+    "numpy._core.multiarray:scalar",
+    "numpy.core.numeric:_frombuffer",
+    "numpy._core.numeric:_frombuffer",
+    "numpy:ndarray",
+    "numpy:dtype",
+    "numpy:matrix",
+    "numpy.ma.core:MaskedArray",
+    "numpy.ma.core:_mareconstruct",
+    "numpy.dtypes:*DType",
+    "numpy:bool_",
+    "numpy:float*",
+    "numpy:int*",
+    "numpy:uint*",
+    "numpy:complex*",
+    "numpy:str_",
+    "numpy:bytes_",
+    "numpy:object_",
+    "numpy:void",
+    "numpy:datetime64",
+    "numpy:timedelta64",
+    "numpy.random._pickle:__randomstate_ctor",
+    "numpy.random._pickle:__generator_ctor",
+    "numpy.random._pickle:__bit_generator_ctor",
+    "numpy.random.*:[A-Z]*",
+    "_codecs:encode",
+    # joblib's wrappers around arrays written inline
+    "joblib.numpy_pickle:NumpyArrayWrapper",
+    "joblib.numpy_pickle:NDArrayWrapper",
+    "joblib.numpy_pickle_compat:NDArrayWrapper",
+    "joblib.numpy_pickle_compat:ZNDArrayWrapper",
+    # scikit-learn estimators and their internals: classes only (capitalised), never functions
+    "sklearn.*:[A-Z]*",
+    "sklearn:[A-Z]*",
+    # SciPy sparse matrices and arrays
+    "scipy.sparse.*:*_matrix",
+    "scipy.sparse.*:*_array",
+    "scipy.sparse:*_matrix",
+    "scipy.sparse:*_array",
+    # Python builtins and standard containers that hold data, not behaviour
+    "builtins:set",
+    "builtins:frozenset",
+    "builtins:slice",
+    "builtins:complex",
+    "builtins:bytearray",
+    "builtins:bytes",
+    "builtins:object",
+    "builtins:list",
+    "builtins:dict",
+    "builtins:tuple",
+    "builtins:int",
+    "builtins:float",
+    "builtins:str",
+    "builtins:bool",
+    "builtins:range",
+    "builtins:NoneType",
+    "copyreg:_reconstructor",
+    "copyreg:__newobj__",
+    "copyreg:__newobj_ex__",
+    "collections:OrderedDict",
+    "collections:defaultdict",
+    "collections:deque",
+    "collections:Counter",
+    "datetime:datetime",
+    "datetime:date",
+    "datetime:time",
+    "datetime:timedelta",
+    "datetime:timezone",
+    "decimal:Decimal",
+    "fractions:Fraction",
+    "uuid:UUID",
+    "pathlib:PosixPath",
+    "pathlib:WindowsPath",
+    "pathlib:PurePosixPath",
+    "pathlib:PureWindowsPath",
+    "argparse:Namespace",
+    "enum:Enum",
+)
+
+_CRIT = Severity.CRITICAL
+_HIGH = Severity.HIGH
+
+#: known code-execution, file and network primitives; a module pattern covers its submodules
+DEFAULT_DENY: tuple[tuple[str, Severity], ...] = (
+    *((f"{m}:*", _CRIT) for m in (
+        "os", "posix", "nt", "subprocess", "sys", "runpy", "pty", "socket", "shutil", "importlib",
+        "imp", "zipimport", "pickle", "_pickle", "cPickle", "pickletools", "dill", "cloudpickle",
+        "marshal", "types", "ctypes", "_ctypes", "webbrowser", "code", "codeop", "pdb", "bdb",
+        "timeit", "cProfile", "profile", "trace", "asyncio", "multiprocessing", "_posixsubprocess",
+        "commands", "popen2", "platform", "signal", "_thread", "threading", "concurrent",
+        "http", "urllib", "urllib2", "urllib3", "requests", "httpx", "aiohttp", "ftplib", "smtplib",
+        "telnetlib", "xmlrpc", "socketserver", "ssl", "distutils", "setuptools", "pip",
+        "pkg_resources", "site", "ensurepip", "venv", "sysconfig", "inspect", "gc", "io", "_io",
+        "codecs", "tempfile", "glob", "fileinput", "shelve", "dbm", "sqlite3", "mmap", "resource",
+        "fcntl", "logging.config", "IPython", "jupyter_client", "ipykernel", "joblib.parallel",
+        "tarfile", "zipfile", "linecache", "tokenize", "compileall", "py_compile",
+        "dis", "ast", "yaml", "jinja2", "lzma", "bz2", "gzip", "zlib", "bcrypt", "paramiko",
+        "smtpd", "nntplib", "poplib", "imaplib", "__main__", "keras", "tensorflow",
+    )),
+    *((f"builtins:{n}", _CRIT) for n in (
+        "eval", "exec", "execfile", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+        "globals", "locals", "vars", "breakpoint", "input", "help", "memoryview", "__build_class__",
+        "__loader__", "reload", "file", "apply", "exit", "quit", "copyright", "credits", "license",
+    )),
+    ("operator:attrgetter", _CRIT),
+    ("operator:methodcaller", _CRIT),
+    ("operator:call", _CRIT),
+    ("functools:reduce", _CRIT),
+    ("copyreg:add_extension", _CRIT),
+    ("_codecs:open", _CRIT),
+    ("torch:load", _CRIT),
+    ("torch:save", _CRIT),
+    ("torch.serialization:*", _CRIT),
+    ("torch.hub:*", _CRIT),
+    ("torch._dynamo:*", _CRIT),
+    ("torch._inductor:*", _CRIT),
+    ("torch.jit:*", _CRIT),
+    ("torch._jit_internal:*", _CRIT),
+    ("torch.fx:*", _CRIT),
+    ("torch.package:*", _CRIT),
+    ("torch.utils.cpp_extension:*", _CRIT),
+    ("torch.utils.data.datapipes:*", _CRIT),
+    ("torch.distributed:*", _CRIT),
+    ("torch.testing:*", _CRIT),
+    ("torch._C:*", _HIGH),
+    ("torch.ops:*", _HIGH),
+    ("torch._ops:*", _HIGH),
+    ("torch.storage:_load_from_bytes", _HIGH),
+    ("torch._export:*", _CRIT),
+    ("torch.export:*", _CRIT),
+    ("torch.compiler:*", _CRIT),
+    ("torch.onnx:*", _CRIT),
+    ("numpy:load", _CRIT),
+    ("numpy:loadtxt", _CRIT),
+    ("numpy:genfromtxt", _CRIT),
+    ("numpy:fromfile", _CRIT),
+    ("numpy:fromregex", _CRIT),
+    ("numpy:save*", _CRIT),
+    ("numpy:memmap", _CRIT),
+    ("numpy:tofile", _CRIT),
+    ("numpy.lib.npyio:*", _CRIT),
+    ("numpy.lib._npyio_impl:*", _CRIT),
+    ("numpy.lib.format:*", _CRIT),
+    ("numpy.testing:*", _CRIT),
+    ("numpy.f2py:*", _CRIT),
+    ("numpy.distutils:*", _CRIT),
+    ("numpy.ctypeslib:*", _CRIT),
+    ("numpy.core._ufunc_reconstruct", _HIGH),
+    ("numpy.core:_ufunc_reconstruct", _HIGH),
+    ("numpy._core:_ufunc_reconstruct", _HIGH),
+    ("pandas:read_*", _CRIT),
+    ("pandas.io:*", _CRIT),
+    ("pandas.core.computation:*", _CRIT),
+    ("pandas:eval", _CRIT),
+    ("joblib:load", _CRIT),
+    ("joblib:dump", _CRIT),
+    ("joblib.numpy_pickle:load", _CRIT),
+    ("joblib.numpy_pickle:dump", _CRIT),
+    ("joblib.memory:*", _CRIT),
+    ("sklearn.utils._testing:*", _CRIT),
+    ("sklearn.externals:*", _CRIT),
+    ("sklearn.datasets:*", _CRIT),
+    ("sklearn.utils._show_versions:*", _CRIT),
+    ("scipy.io:*", _CRIT),
+    ("scipy._lib._testutils:*", _CRIT),
+    ("skops.io:*", _CRIT),
+    ("onnxruntime:*", _HIGH),
+    ("h5py:*", _CRIT),
+)
+
+#: attribute names that reach code execution, files or interpreter internals wherever they appear in a
+#: dotted global (``some.module:helper.__globals__``), for names no list mentions
+DANGEROUS_ATTRS = frozenset({
+    "system", "popen", "popen2", "popen3", "popen4", "spawn", "spawnl", "spawnv", "spawnve", "spawnvp",
+    "execv", "execve", "execl", "execlp", "execvp", "fork", "forkpty", "eval", "exec", "execfile",
+    "compile", "__import__", "import_module", "run", "call", "check_call", "check_output", "Popen",
+    "getattr", "setattr", "delattr", "globals", "locals", "vars", "open", "load", "loads", "unlink",
+    "remove", "rmtree", "rmdir", "__globals__", "__builtins__", "__subclasses__", "__code__",
+    "__getattribute__", "__class__", "__base__", "__bases__", "__mro__", "__dict__", "__func__",
+    "__self__", "__reduce__", "__reduce_ex__", "__init_subclass__", "__loader__", "__spec__",
+    "__closure__", "__setattr__", "__delattr__", "__call__", "breakpoint", "urlopen", "urlretrieve",
+    "runstring", "run_path", "run_module", "startfile", "write", "write_text", "write_bytes",
+    "read_text", "read_bytes", "connect", "create_connection",
+})
+
+#: where the same module went between Python 2 and 3 (pickle protocols < 3 use the old names)
+_MODULE_ALIASES: dict[str, str] = dict(_compat_pickle.IMPORT_MAPPING)
+_NAME_ALIASES: dict[tuple[str, str], tuple[str, str]] = dict(_compat_pickle.NAME_MAPPING)
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep zip bombs and pickle bombs from exhausting memory or time."""
+
+    max_decompressed_bytes: int = 4 * 1024**3  # total, over everything decompressed from one file
+    max_depth: int = 10  # containers inside containers
+    max_opcodes: int = 10_000_000  # per pickle
+    max_payload_bytes: int = 512 * 1024**2  # one string/bytes constant inside a pickle
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a global got its severity: ``rule_id`` and a short reason for the message."""
+
+    severity: Severity | None
+    rule_id: str
+    reason: str
+
+
+def _split_pattern(pattern: str) -> tuple[str, str]:
+    text = pattern.strip()
+    if ":" in text:
+        mod, _, name = text.partition(":")
+    elif "." in text:
+        mod, _, name = text.rpartition(".")
+    else:
+        raise InputError("pattern", repr(pattern), "'module:name', e.g. 'mypkg.models:MyNet'")
+    if not mod or not name:
+        raise InputError("pattern", repr(pattern), "'module:name' with both parts non-empty")
+    return mod, name
+
+
+@dataclass(frozen=True)
+class Pattern:
+    module: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Pattern:
+        return cls(*_split_pattern(text))
+
+    @property
+    def exact(self) -> bool:
+        return not any(c in f"{self.module}{self.name}" for c in "*?[")
+
+    def matches_allow(self, module: str, name: str) -> bool:
+        # a wildcard name never silently admits a dotted attribute chain
+        if "." in name and "." not in self.name:
+            return False
+        return fnmatch.fnmatchcase(module, self.module) and fnmatch.fnmatchcase(name, self.name)
+
+    def matches_deny(self, module: str, name: str) -> bool:
+        mod_ok = fnmatch.fnmatchcase(module, self.module) or fnmatch.fnmatchcase(module, self.module + ".*")
+        if not mod_ok:
+            return False
+        head = name.split(".", 1)[0]
+        return fnmatch.fnmatchcase(name, self.name) or fnmatch.fnmatchcase(head, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.name}"
+
+
+def normalize(module: str, name: str) -> tuple[str, str]:
+    """Map Python 2 spellings (``__builtin__``, ``copy_reg``) to the modules pickle really imports."""
+    if (module, name) in _NAME_ALIASES:
+        return _NAME_ALIASES[(module, name)]
+    return _MODULE_ALIASES.get(module, module), name
+
+
+def _reachable_pairs(module: str, name: str) -> Iterable[tuple[str, str]]:
+    """Every (module, name) a dotted path may stand for: ``a.b:c.d`` also reaches ``b.c:d``, ``c:d``..."""
+    parts = [p for p in module.split(".") + name.split(".") if p]
+    for i in range(len(parts) - 1):
+        for j in range(i + 1, len(parts)):
+            yield ".".join(parts[i:j]), ".".join(parts[j:])
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Allowlist, denylist and limits shared by the scanner, the CLI and ``safe_load``."""
+
+    allow: tuple[Pattern, ...] = ()
+    deny: tuple[tuple[Pattern, Severity], ...] = ()
+    unknown_severity: Severity = Severity.HIGH
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def default(cls) -> Policy:
+        return cls(
+            allow=tuple(Pattern.parse(p) for p in DEFAULT_ALLOW),
+            deny=tuple((Pattern.parse(p), s) for p, s in DEFAULT_DENY),
+        )
+
+    def extended(self, allow: Iterable[str] = (), deny: Iterable[tuple[str, Severity]] = (),
+                 unknown_severity: Severity | None = None, limits: Mapping[str, int] | None = None) -> Policy:
+        """A copy with more allow/deny patterns (and optionally another default or limits)."""
+        new_limits = self.limits
+        if limits:
+            known = set(Limits.__dataclass_fields__)
+            bad = sorted(set(limits) - known)
+            if bad:
+                raise InputError("limits", ", ".join(bad), f"some of {', '.join(sorted(known))}")
+            for key, value in limits.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise InputError(f"limits.{key}", repr(value), "a positive integer")
+            new_limits = replace(self.limits, **dict(limits))
+        return Policy(
+            allow=self.allow + tuple(Pattern.parse(p) for p in allow),
+            deny=self.deny + tuple((Pattern.parse(p), Severity.parse(s)) for p, s in deny),
+            unknown_severity=self.unknown_severity if unknown_severity is None else unknown_severity,
+            limits=new_limits,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Policy:
+        """Read a YAML policy that extends :meth:`default`::
+
+            allow: ["mypkg.models:MyNet", "mypkg.layers:*"]
+            deny: [{pattern: "mypkg.unsafe:*", severity: critical}, "otherpkg:run"]
+            unknown_severity: high
+            limits: {max_opcodes: 1000000}
+        """
+        import yaml
+
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError("config", str(p), f"a readable YAML file ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise InputError("config", str(p), f"valid YAML ({exc})") from None
+        return cls.default().extended_from_mapping(raw if raw is not None else {}, source=str(p))
+
+    def extended_from_mapping(self, raw: Any, source: str = "policy") -> Policy:
+        if not isinstance(raw, dict):
+            raise InputError(source, type(raw).__name__, "a mapping with allow/deny/unknown_severity/limits")
+        unknown = sorted(set(raw) - {"allow", "deny", "unknown_severity", "limits"})
+        if unknown:
+            raise InputError(f"{source}: key", ", ".join(unknown), "allow, deny, unknown_severity or limits")
+        allow = raw.get("allow") or []
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise InputError(f"{source}: allow", repr(allow), "a list of 'module:name' strings")
+        deny: list[tuple[str, Severity]] = []
+        for entry in raw.get("deny") or []:
+            if isinstance(entry, str):
+                deny.append((entry, Severity.CRITICAL))
+            elif isinstance(entry, dict) and isinstance(entry.get("pattern"), str):
+                deny.append((entry["pattern"], Severity.parse(entry.get("severity", "critical"))))
+            else:
+                raise InputError(f"{source}: deny entry", repr(entry),
+                                 "'module:name' or {pattern: 'module:name', severity: high}")
+        sev = raw.get("unknown_severity")
+        limits = raw.get("limits")
+        if limits is not None and not isinstance(limits, dict):
+            raise InputError(f"{source}: limits", repr(limits), "a mapping such as {max_opcodes: 1000000}")
+        return self.extended(allow, deny, None if sev is None else Severity.parse(sev), limits)
+
+    # -- classification -------------------------------------------------------------------------------
+
+    def verdict(self, module: str, name: str) -> Verdict:
+        """Severity (None = allowed), rule id and reason for a global ``module:name``."""
+        mod, nm = normalize(module, name)
+        if not _IDENT.match(mod) or not _IDENT.match(nm):
+            # pickle would try to import it anyway (``find_class`` accepts odd strings); never silent
+            return Verdict(self.unknown_severity, "BASTION-PICKLE-UNKNOWN-GLOBAL", "malformed global name")
+        worst: tuple[Severity, Pattern] | None = None
+        for pm, pn in {(module, name), (mod, nm), *_reachable_pairs(mod, nm)}:
+            for pat, sev in self.deny:
+                if pat.matches_deny(pm, pn) and (worst is None or sev > worst[0]):
+                    worst = (sev, pat)
+        allowed = [pat for pat in self.allow if pat.matches_allow(mod, nm)]
+        # an exact allow entry carves one name out of a denied namespace; a wildcard allow never does
+        if worst is not None and not any(pat.exact for pat in allowed):
+            return Verdict(worst[0], "BASTION-PICKLE-DANGEROUS", f"denied by {worst[1]}")
+        if allowed:
+            return Verdict(None, "", "allowed")
+        hits = sorted({p for p in (mod.split(".") + nm.split(".")) if p in DANGEROUS_ATTRS})
+        if hits:
+            return Verdict(Severity.CRITICAL, "BASTION-PICKLE-DANGEROUS",
+                           f"reaches {', '.join(hits)} (a code, import or file primitive)")
+        return Verdict(self.unknown_severity, "BASTION-PICKLE-UNKNOWN-GLOBAL", "not in the allowlist")
+
+    def classify_global(self, module: str, name: str) -> Severity | None:
+        """Severity of naming ``module:name`` in a pickle; None means allowed silently."""
+        return self.verdict(module, name).severity

@@ -1,0 +1,64 @@
+"""Name a format from its bytes, never from a file name."""
+
+from __future__ import annotations
+
+import pickletools
+
+#: torch's legacy (non-zip) format begins with this pickle: the magic number 0x1950a86a20f9469cfc6c
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_OPCODE_BYTES = frozenset(op.code.encode("latin-1") for op in pickletools.opcodes)
+#: first protobuf fields of an ONNX ModelProto after ir_version (tags of fields 2-8, 14, 20, 25)
+_ONNX_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA})
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+STRONG_COMPRESSION = ("gzip", "bz2", "xz", "7z", "lz4")
+
+
+def _is_zlib(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
+
+
+def sniff(head: bytes, size: int) -> str:
+    """Format of a blob from its first bytes (``head``, at least 512 when the blob is that long).
+
+    Returns one of: zip, tar, gzip, bz2, xz, 7z, lz4, zlib, lzma, npy, hdf5, safetensors, torch-legacy,
+    pickle, onnx, maybe-pickle (first byte is a pickle opcode: probe it), joblib-zf, unknown.
+    """
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh" and head[3:4].isdigit():
+        return "bz2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "xz"
+    if head[:6] == b"7z\xbc\xaf\x27\x1c":
+        return "7z"
+    if head[:4] == b"\x04\x22\x4d\x18":
+        return "lz4"
+    if head[:6] == b"\x93NUMPY":
+        return "npy"
+    if head[:8] == HDF5_MAGIC:
+        return "hdf5"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= min(SAFETENSORS_MAX_HEADER, size - 8):
+            return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x00", b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if head[:2] == b"ZF" and head[2:4] == b"0x":
+        return "joblib-zf"
+    if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in _ONNX_NEXT_TAGS:
+        return "onnx"
+    if _is_zlib(head):
+        return "zlib"
+    if head[:1] == b"\x5d" and head[1:3] == b"\x00\x00" and len(head) >= 13:
+        return "lzma"
+    if head[:1] in _OPCODE_BYTES:
+        return "maybe-pickle"
+    return "unknown"
