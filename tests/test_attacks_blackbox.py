@@ -194,7 +194,7 @@ def test_transfer_default_pgd(digits: bn.datasets.Dataset, digits_cnn: torch.nn.
 
 def test_transfer_validates() -> None:
     with pytest.raises(InputError):
-        TransferAttack(torch.nn.Linear(2, 2), attack=HopSkipJump())  # type: ignore[arg-type]
+        TransferAttack(torch.nn.Linear(2, 2), attack=HopSkipJump())
 
 
 def test_square_matches_or_beats_art(digits: bn.datasets.Dataset, logreg: LogisticRegression) -> None:

@@ -64,7 +64,9 @@ class HTTPModel(Model):
                 last = exc
             if attempt < self.retries:
                 time.sleep(min(0.1 * 2**attempt, 2.0))
-        raise EndpointError(f"{self.url} failed after {self.retries + 1} attempt(s): {last}")
+        reason = f"{type(last).__name__}: {last}" if last is not None else "no answer"
+        raise EndpointError(f"{self.url} failed after {self.retries + 1} attempt(s) ({reason}); "
+                            "check that the server is up, the address is right and timeout= is long enough")
 
     def _query(self, x: Tensor, key: str) -> np.ndarray:
         flat = x.detach().reshape(x.shape[0], -1).cpu().numpy().astype(np.float64)
@@ -75,9 +77,18 @@ class HTTPModel(Model):
             self.queries += chunk.shape[0]
             if key not in body:
                 raise EndpointError(f"{self.url} answered keys {sorted(body)}, expected '{key}'")
-            arr = np.asarray(body[key])
-            if arr.shape[0] != chunk.shape[0]:
-                raise EndpointError(f"{self.url} answered {arr.shape[0]} rows for {chunk.shape[0]} inputs")
+            try:
+                arr = np.asarray(body[key], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise EndpointError(f"{self.url} answered non-numeric '{key}'") from None
+            expected_dim = 2 if key == self.scores_key else 1
+            if expected_dim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]  # labels as a column
+            if arr.ndim != expected_dim or arr.shape[0] != chunk.shape[0]:
+                raise EndpointError(f"{self.url} answered '{key}' of shape {arr.shape} for {chunk.shape[0]} inputs, "
+                                    f"expected {'(N, classes)' if expected_dim == 2 else '(N,)'}")
+            if key == self.scores_key and self.num_classes is None:
+                self.num_classes = int(arr.shape[1])
             parts.append(arr)
         return np.concatenate(parts, axis=0)
 
@@ -92,3 +103,9 @@ class HTTPModel(Model):
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self) -> HTTPModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -39,6 +39,8 @@ class OnnxModel(Model):
         inp = model.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = inp.shape
+        # Graphs exported in double precision need double inputs; everything else gets float32.
+        self.input_dtype = np.float64 if "double" in str(inp.type) else np.float32
         outs = model.get_outputs()
         names = [o.name for o in outs]
         if output is not None and output not in names:
@@ -58,12 +60,20 @@ class OnnxModel(Model):
         self.num_classes = num_classes
 
     def _run(self, x: Tensor, name: str) -> np.ndarray:
-        arr = x.detach().cpu().numpy().astype(np.float32)
+        arr = x.detach().cpu().numpy().astype(self.input_dtype)
         shape = self.input_shape
         if shape is not None and len(shape) == 2 and arr.ndim != 2:
             arr = arr.reshape(arr.shape[0], -1)
+        elif (shape is not None and len(shape) != arr.ndim and all(isinstance(s, int) for s in shape[1:])
+              and int(np.prod(shape[1:])) == int(np.prod(arr.shape[1:]))):
+            # Flat rows for an image graph: the graph's static shape says how to fold them.
+            arr = arr.reshape((arr.shape[0], *shape[1:]))
+        try:
+            out = self.session.run([name], {self.input_name: arr})[0]
+        except Exception as exc:  # onnxruntime raises its own types for shape and type mismatches
+            raise InputError("inputs", f"shape {tuple(arr.shape)}",
+                             f"inputs the ONNX graph accepts ({self.input_name}: {shape}): {exc}") from exc
         self._count(x)
-        out = self.session.run([name], {self.input_name: arr})[0]
         if isinstance(out, list):  # sklearn-onnx ZipMap output: list of {class: prob}
             out = np.array([[d[k] for k in sorted(d)] for d in out], dtype=np.float32)
         return np.asarray(out)

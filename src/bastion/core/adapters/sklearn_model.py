@@ -28,10 +28,14 @@ class SklearnModel(Model):
         self.has_proba = hasattr(estimator, "predict_proba")
         self.capabilities = Capability.LABELS | (Capability.SCORES if self.has_proba else Capability(0))
         classes = getattr(estimator, "classes_", None)
+        #: non-numeric class names (e.g. strings): predictions are mapped to their index in ``classes_``
+        self._names: np.ndarray | None = None
         if classes is not None:
             cls = np.asarray(classes)
             if cls.dtype.kind in "iu" and not np.array_equal(cls, np.arange(len(cls))):
                 raise InputError("model.classes_", cls.tolist(), "class labels 0..C-1 (re-encode the labels)")
+            if cls.dtype.kind not in "iub":
+                self._names = cls
         self.num_classes = num_classes if num_classes is not None else (len(classes) if classes is not None else None)
 
     def _np(self, x: Tensor) -> np.ndarray:
@@ -46,4 +50,8 @@ class SklearnModel(Model):
     def predict(self, x: Tensor) -> Tensor:
         self._count(x)
         labels = np.asarray(self.estimator.predict(self._np(x)))
+        if self._names is not None:
+            # classes_ is sorted (scikit-learn's contract), so a label's index is its rank; labels are
+            # index-aligned with predict_proba's columns either way.
+            labels = np.searchsorted(self._names, labels)
         return torch.from_numpy(labels.astype(np.int64)).to(x.device)
