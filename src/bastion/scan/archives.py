@@ -119,7 +119,7 @@ def _walk_local(data: memoryview, start: int = 0) -> list[_Entry]:
 
 def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memoryview | bytes | None:
     """The member's uncompressed bytes, read from its local header; None after reporting why not."""
-    where = ctx.location(inner, e.name)
+    where = ctx.member(inner, e.name)
     if e.offset + 30 > len(data) or bytes(data[e.offset:e.offset + 4]) != _LOCAL:
         ctx.emit("BASTION-PARSE", Severity.HIGH, where, "",
                  f"no local header at offset 0x{e.offset:x}; member cannot be read")
@@ -182,7 +182,7 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         known = {e.offset for e in entries}
         hidden = [e for e in walked if e.offset not in known]
         for e in hidden:
-            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.location(inner, e.name), "",
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.member(inner, e.name), "",
                      f"local header at offset 0x{e.offset:x} is missing from the central directory "
                      "(a streaming reader would still load it); scanned")
         entries = entries + hidden
@@ -190,7 +190,7 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.location(inner, n), "",
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.member(inner, n), "",
                      "the name appears twice in the archive; readers disagree on which one they load")
         seen.add(n)
     member_hints = _classify_zip(names)
@@ -200,7 +200,7 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         body = _member_bytes(ctx, data, e, inner)
         if body is None:
             continue
-        where = ctx.location(inner, e.name)
+        where = ctx.member(inner, e.name)
         kind = ctx.scan(body, where, depth + 1, member_hints)
         if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
@@ -232,7 +232,7 @@ def scan_tar(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         if not m.isfile():
             continue
         start, end = m.offset_data, m.offset_data + m.size
-        where = ctx.location(inner, m.name)
+        where = ctx.member(inner, m.name)
         if end > len(data):
             ctx.emit("BASTION-PARSE", Severity.HIGH, where, "", "tar member runs past the end of the archive")
             end = len(data)
@@ -255,7 +255,8 @@ def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: 
             return
         if out is None:
             return
-        where = ctx.location(inner, label if not n else f"{label}[{n}]")
+        # a compression layer is the same file, not a member: only later streams get a suffix
+        where = inner if not n else ctx.member(inner, f"<{label} stream {n + 1}>")
         if not out.complete:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is truncated; scanned what it held")
         ctx.scan(out.data, where, depth + 1, hints)
@@ -292,7 +293,7 @@ def scan_lzma(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
         return
     if not out.complete:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "lzma stream is truncated; scanned what it held")
-    ctx.scan(out.data, ctx.location(inner, "lzma"), depth + 1, hints)
+    ctx.scan(out.data, inner, depth + 1, hints)
 
 
 def scan_joblib_zf(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
@@ -311,7 +312,7 @@ def scan_zlib_at(ctx: Context, data: memoryview, offset: int, inner: str, depth:
         return
     if not out.complete:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
-    ctx.scan(out.data, ctx.location(inner, "zlib"), depth + 1, hints)
+    ctx.scan(out.data, inner, depth + 1, hints)
 
 
 def scan_lz4(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
@@ -328,7 +329,7 @@ def scan_lz4(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"lz4 stream is corrupt ({exc})")
         return
     if out is not None:
-        ctx.scan(out.data, ctx.location(inner, "lz4"), depth + 1, hints)
+        ctx.scan(out.data, inner, depth + 1, hints)
 
 
 def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
@@ -361,4 +362,4 @@ def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: froze
         product.seek(0)
         body = product.read()
         ctx.decompressed += len(body)
-        ctx.scan(body, ctx.location(inner, name), depth + 1, hints)
+        ctx.scan(body, ctx.member(inner, name), depth + 1, hints)

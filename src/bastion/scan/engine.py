@@ -49,6 +49,11 @@ class Context:
             return f"{inner}@{where}"
         return inner or where
 
+    @staticmethod
+    def member(inner: str, name: str) -> str:
+        """Location prefix of a container member: members are joined with ``!``."""
+        return f"{inner}!{name}" if inner else name
+
     def emit(self, rule: str, severity: Severity, inner: str, where: str, message: str,
              global_name: str | None = None) -> None:
         self.findings.append(Finding(rule, severity, self.path, self.location(inner, where), message,
@@ -166,7 +171,7 @@ def trailing(ctx: Context, data: memoryview, end: int, inner: str, depth: int, f
             return
     ctx.emit("BASTION-TRAILING-DATA", Severity.MEDIUM, inner, f"offset 0x{end:x}",
              f"{len(rest)} bytes after the end of the {fmt} look like {kind}; scanned as such")
-    ctx.scan(rest, ctx.location(inner, f"offset 0x{end:x}"), depth + 1)
+    ctx.scan(rest, ctx.member(inner, f"<bytes from offset 0x{end:x}>"), depth + 1)
 
 
 def _has_zip_end(data: memoryview) -> bool:
@@ -201,7 +206,7 @@ def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
         return
     if not out.complete:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
-    ctx.scan(out.data, ctx.location(inner, "zlib"), depth + 1)
+    ctx.scan(out.data, inner, depth + 1, hints)
 
 
 _HANDLER_CACHE: dict[str, Any] = {}

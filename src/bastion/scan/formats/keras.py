@@ -24,7 +24,7 @@ def _is_keras_module(module: str) -> bool:
     return module == "keras" or module.startswith(("keras.", "tf_keras", "tensorflow.keras", "tensorflow.python.keras"))
 
 
-def scan_keras_config(ctx: Context, config: Any, where: str) -> None:
+def scan_keras_config(ctx: Context, config: Any, where: str, prefix: str = "") -> None:
     """Walk a config tree (iteratively: configs can be deep) and flag what runs code on load."""
     todo: list[tuple[Any, str]] = [(config, "")]
     seen = 0
@@ -38,7 +38,7 @@ def scan_keras_config(ctx: Context, config: Any, where: str) -> None:
             continue
         cls = node.get("class_name")
         name = node.get("config", {}).get("name") if isinstance(node.get("config"), dict) else None
-        label = f"{path or '/'}" + (f" ({cls} {name!r})" if cls else "")
+        label = f"{prefix}{path or '/'}" + (f" ({cls} {name!r})" if cls else "")
         if cls == "Lambda":
             fn = node.get("config", {}).get("function") if isinstance(node.get("config"), dict) else None
             ftype = node.get("config", {}).get("function_type") if isinstance(node.get("config"), dict) else None
