@@ -93,3 +93,8 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise InputError("precision", repr(precision), f"one of {', '.join(repr(p) for p in PRECISIONS)}")
     return precision
+
+
+def take(state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+    """Keep only ``rows`` of every per-example tensor in an attack's working state."""
+    return {k: v[rows] for k, v in state.items()}
