@@ -19,7 +19,7 @@ class Severity(enum.IntEnum):
     CRITICAL = 4
 
     @classmethod
-    def parse(cls, value: str | int | Severity) -> Severity:
+    def parse(cls, value: str | int | Severity, argument: str = "severity") -> Severity:
         """``"high"``, ``"HIGH"``, ``3`` or ``Severity.HIGH`` -> ``Severity.HIGH``."""
         if isinstance(value, Severity):
             return value
@@ -34,7 +34,7 @@ class Severity(enum.IntEnum):
             except KeyError:
                 pass
         names = ", ".join(s.name.lower() for s in cls)
-        raise InputError("severity", repr(value), f"one of {names}")
+        raise InputError(argument, repr(value), f"one of {names}")
 
 
 @dataclass(frozen=True)
