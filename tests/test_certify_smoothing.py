@@ -189,3 +189,28 @@ def test_certified_accuracy_counts_correct_and_radius() -> None:
     assert math.isclose(r.certified_accuracy([0, 1, 0, 2], 0.5)[0], 0.25)
     with pytest.raises(InputError, match="radii"):
         r.certified_accuracy([0, 1, 0, 2], [-1.0])
+
+
+class _LabelsOnly(bn.Model):
+    """A black box that only returns labels: class 1 iff the first feature exceeds 0.5."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self._count(x)
+        return (x[:, 0] > 0.5).long()
+
+
+def test_labels_only_model_needs_num_classes_and_certifies() -> None:
+    x = torch.tensor([[0.9, 0.0], [0.1, 0.0]])
+    with pytest.raises(InputError, match="num_classes"):
+        Smoothed(_LabelsOnly(), 0.25).certify(x, n0=10, n=100)
+    result = Smoothed(_LabelsOnly(), 0.25, num_classes=2).certify(x, n0=50, n=2000)
+    assert result.prediction.tolist() == [1, 0]
+    # exact radius is 0.4 for both points (their distance to the boundary x0 = 0.5)
+    assert (result.radius <= 0.4).all() and (result.radius > 0.25).all()
+
+
+def test_bf16_forward_passes_agree_away_from_the_boundary() -> None:
+    model = _Linear(torch.tensor([1.0, 1.0]), -1.0)
+    x = torch.tensor([[0.9, 0.9], [0.1, 0.2]])
+    result = Smoothed(model, 0.1, precision="bf16").certify(x, n0=50, n=1000)
+    assert result.prediction.tolist() == [1, 0]
