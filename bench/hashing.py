@@ -8,7 +8,10 @@ and median over ``--repeats``:
 
 - ``sha256sum`` over all files in one process (serial, the usual `sha256sum * > SHA256SUMS`);
 - ``xargs -P <cores> -n 1 sha256sum`` (one process per file, as many at once as there are cores);
-- Bastion's :func:`bastion.sign.build_manifest` (thread pool, files above the shard size hashed in shards).
+- Bastion's :func:`bastion.sign.build_manifest` (thread pool, files above the shard size hashed in shards);
+- with ``--model-signing-python PY`` (an interpreter with ``pip install model-signing``; kept out of
+  Bastion's own environment), OpenSSF model-signing's ``hashing.Config().hash`` in its ``files`` and
+  ``shards`` serializations, timed inside that interpreter so its import time is not counted.
 
 Dropping the page cache needs root and a quiet machine, neither of which a shared runner has, so all runs
 are warm-cache: they measure hashing throughput (CPU), not the disk. Said so in the output too.
@@ -35,6 +38,19 @@ from typing import Any
 from bastion.sign import build_manifest
 
 GB = 1_000_000_000
+_MODEL_SIGNING_TIMER = """
+import json, sys, time
+from model_signing import hashing
+folder, repeats, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+config = hashing.Config()
+config.use_shard_serialization() if mode == "shards" else config.use_file_serialization()
+runs = []
+for _ in range(repeats):
+    t0 = time.perf_counter()
+    config.hash(folder)
+    runs.append(time.perf_counter() - t0)
+print(json.dumps(runs))
+"""
 _BLOCK = 16 << 20
 
 
@@ -95,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per tool (default 3)")
     ap.add_argument("--workers", type=int, default=None, help="Bastion hashing threads (default cores + 4)")
     ap.add_argument("--shard-size", type=int, default=1 << 30, help="Bastion shard size in bytes (default 1 GiB)")
+    ap.add_argument("--model-signing-python", type=Path, default=None,
+                    help="python interpreter that has model-signing installed, to time the peer too")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -128,6 +146,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         manifest = build_manifest(folder, shard_size=args.shard_size, workers=args.workers, default_ignore=False)
         record("bastion", time_runs(lambda: build_manifest(folder, shard_size=args.shard_size,
                                                            workers=args.workers, default_ignore=False), args.repeats))
+        if args.model_signing_python is not None:
+            for mode in ("files", "shards"):
+                proc = subprocess.run([str(args.model_signing_python), "-c", _MODEL_SIGNING_TIMER, str(folder),
+                                       str(args.repeats), mode], check=True, capture_output=True, text=True)
+                record(f"model-signing ({mode})", json.loads(proc.stdout.strip().splitlines()[-1]))
         check: dict[str, Any] = {}
         if shutil.which("sha256sum") is not None:
             serial = lambda: subprocess.run(["sha256sum", *rel], cwd=folder, check=True, capture_output=True, text=True)  # noqa: E731
@@ -159,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     figures = "; ".join(f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s)" for name, r in results.items())
     size_arg = f"--dir {args.dir}" if args.dir is not None else f"--size-gb {args.size_gb:g}"
+    if args.model_signing_python is not None:
+        size_arg += " --model-signing-python PY"
     print(f"| {report['date']} | manifest hashing, {total / GB:.2f} GB in {len(paths)} files, warm cache, best of "
           f"{args.repeats} | CPU, {cores} cores | `python bench/hashing.py {size_arg}` | {figures} |")
     return report

@@ -88,6 +88,9 @@ def test_sharded_hashing_equals_hashlib(tmp_path: Path) -> None:
         assert big.digest == hashlib.sha256(b"".join(expected_shards)).hexdigest()
         assert small.digest == hashlib.sha256(data[:64]).hexdigest() and small.shards == ()  # what sha256sum prints
         assert empty.digest == hashlib.sha256(b"").hexdigest()
+    seen: list[int] = []  # the progress hook is told about every byte exactly once
+    hash_files(files, shard_size=64, workers=4, progress=seen.append)
+    assert sum(seen) == 1064
     # one shard as large as the file: the plain SHA-256 of the whole file
     (whole,) = hash_files([f for f in files if f.name == "big.bin"], shard_size=1000)
     assert whole.digest == hashlib.sha256(data).hexdigest()
@@ -127,6 +130,17 @@ def test_round_trip_verifies_and_writes_a_dsse_envelope(signed: Path, keys: tupl
     assert stat.S_IMODE(os.stat(keys[0]).st_mode) == 0o600
     (signed / ".git" / "HEAD").write_text("changed\n")  # ignored by default
     assert verify_model(signed, keys[1]).ok
+
+
+def test_ignore_patterns_are_signed_and_honoured(model: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    (model / "logs").mkdir()
+    (model / "logs" / "train.log").write_text("epoch 1\n")
+    sig = sign_model(model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs", "*.tmp"])
+    (model / "logs" / "train.log").write_text("epoch 2\n")
+    (model / "scratch.tmp").write_text("x")
+    assert verify_model(model, keys[1], signature=sig).ok
+    (model / "notes.txt").write_text("not ignored\n")
+    assert verify_model(model, keys[1], signature=sig).added == ["notes.txt"]
 
 
 def _tamper(model: Path, how: str) -> None:
