@@ -206,3 +206,16 @@ def test_certify_respects_a_wrapped_models_normalisation() -> None:
     lo0, hi0 = ibp_bounds(wrapped, x, 0.0)
     torch.testing.assert_close(lo0, out)
     torch.testing.assert_close(hi0, out)
+
+
+def test_margins_without_a_final_linear_layer_subtract_logit_bounds() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).eval()
+    x = torch.rand(5, 4)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    net = IntervalNetwork(model, x)
+    with torch.no_grad():
+        lo, hi = net.bounds(x - 0.1, x + 0.1)
+        margins = net.margins(x - 0.1, x + 0.1, y)
+    expected = (hi - lo.gather(1, y.unsqueeze(1))).scatter(1, y.unsqueeze(1), 0.0)
+    torch.testing.assert_close(margins, expected)

@@ -264,18 +264,19 @@ class IntervalNetwork:
         """
         last = self.ops[-1]
         y = labels.long()
-        if isinstance(last, LinearOp):
-            lo, hi = lower, upper
-            for op in self.ops[:-1]:
-                lo, hi = op(lo, hi)
-            centre, radius = (hi + lo).flatten(1) / 2, (hi - lo).flatten(1) / 2
+        lo, hi = lower, upper
+        for op in self.ops[:-1]:
+            lo, hi = op(lo, hi)
+        # Elision needs the last layer to act on (N, d) features; a Linear over a trailing axis does not.
+        if isinstance(last, LinearOp) and lo.dim() == 2:
+            centre, radius = (hi + lo) / 2, (hi - lo) / 2
             w = last.weight
             diff = w.unsqueeze(0) - w[y].unsqueeze(1)  # (N, C, d)
             out = torch.einsum("ncd,nd->nc", diff, centre) + torch.einsum("ncd,nd->nc", diff.abs(), radius)
             if last.bias is not None:
                 out = out + (last.bias.unsqueeze(0) - last.bias[y].unsqueeze(1))
         else:
-            lo, hi = self.bounds(lower, upper)
+            lo, hi = last(lo, hi)
             out = hi - lo.gather(1, y.unsqueeze(1))
         return out.scatter(1, y.unsqueeze(1), 0.0)
 

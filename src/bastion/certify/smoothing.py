@@ -122,9 +122,14 @@ class Smoothed:
             raise InputError("num_classes", None, "the number of classes, for a model that returns labels only")
         return self.model.infer_num_classes(x)
 
-    def sample_counts(self, x: Tensor, num: int, gen: torch.Generator,
+    def sample_counts(self, x: Tensor, num: int, gen: torch.Generator | None = None,
                       progress: Progress | None = None) -> Tensor:
-        """Class counts (N, C) over ``num`` noisy copies of each example, left on the model's device."""
+        """Class counts (N, C) over ``num`` noisy copies of each example, left on the model's device.
+
+        ``x`` must already be a validated float batch on the model's device (see ``predict``/``certify``);
+        ``gen`` continues a caller's noise stream (default: a fresh one from ``seed``).
+        """
+        gen = self._generator() if gen is None else gen
         n_ex = x.shape[0]
         n_cls = self._num_classes(x)
         total = n_ex * num
