@@ -107,12 +107,20 @@ def sha256sum_digests(output: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=4.0, help="folder size to create (default 4)")
-    ap.add_argument("--dir", type=Path, default=None, help="hash this existing folder instead of creating one")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="hash this existing folder instead of creating one"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per tool (default 3)")
     ap.add_argument("--workers", type=int, default=None, help="Bastion hashing threads (default cores + 4)")
-    ap.add_argument("--shard-size", type=int, default=1 << 30, help="Bastion shard size in bytes (default 1 GiB)")
-    ap.add_argument("--model-signing-python", type=Path, default=None,
-                    help="python interpreter that has model-signing installed, to time the peer too")
+    ap.add_argument(
+        "--shard-size", type=int, default=1 << 30, help="Bastion shard size in bytes (default 1 GiB)"
+    )
+    ap.add_argument(
+        "--model-signing-python",
+        type=Path,
+        default=None,
+        help="python interpreter that has model-signing installed, to time the peer too",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -140,24 +148,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "gb_per_s_best": round(total / best / GB, 3),
                 "runs": [round(r, 3) for r in runs],
             }
-            print(f"{name:>28}: best {best:7.2f} s  {total / best / GB:6.2f} GB/s  (runs {results[name]['runs']})",
-                  file=sys.stderr)
+            print(
+                f"{name:>28}: best {best:7.2f} s  {total / best / GB:6.2f} GB/s  (runs {results[name]['runs']})",
+                file=sys.stderr,
+            )
 
-        manifest = build_manifest(folder, shard_size=args.shard_size, workers=args.workers, default_ignore=False)
-        record("bastion", time_runs(lambda: build_manifest(folder, shard_size=args.shard_size,
-                                                           workers=args.workers, default_ignore=False), args.repeats))
+        manifest = build_manifest(
+            folder, shard_size=args.shard_size, workers=args.workers, default_ignore=False
+        )
+        record(
+            "bastion",
+            time_runs(
+                lambda: build_manifest(
+                    folder, shard_size=args.shard_size, workers=args.workers, default_ignore=False
+                ),
+                args.repeats,
+            ),
+        )
         if args.model_signing_python is not None:
             for mode in ("files", "shards"):
-                proc = subprocess.run([str(args.model_signing_python), "-c", _MODEL_SIGNING_TIMER, str(folder),
-                                       str(args.repeats), mode], check=True, capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        str(args.model_signing_python),
+                        "-c",
+                        _MODEL_SIGNING_TIMER,
+                        str(folder),
+                        str(args.repeats),
+                        mode,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 record(f"model-signing ({mode})", json.loads(proc.stdout.strip().splitlines()[-1]))
         check: dict[str, Any] = {}
         if shutil.which("sha256sum") is not None:
-            serial = lambda: subprocess.run(["sha256sum", *rel], cwd=folder, check=True, capture_output=True, text=True)  # noqa: E731
-            record("sha256sum (serial)", time_runs(serial, args.repeats))
             xargs_cmd = ["xargs", "-0", "-P", str(cores), "-n", "1", "sha256sum"]
-            parallel = lambda: subprocess.run(xargs_cmd, input="\0".join(rel), cwd=folder, check=True,  # noqa: E731
-                                              capture_output=True, text=True)
+
+            def serial() -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    ["sha256sum", *rel], cwd=folder, check=True, capture_output=True, text=True
+                )
+
+            def parallel() -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    xargs_cmd, input="\0".join(rel), cwd=folder, check=True, capture_output=True, text=True
+                )
+
+            record("sha256sum (serial)", time_runs(serial, args.repeats))
             record(f"xargs -P {cores} sha256sum", time_runs(parallel, args.repeats))
             # the digests must agree wherever a file fits in one shard (the sharded ones are combined digests)
             theirs = sha256sum_digests(serial().stdout)
@@ -180,12 +218,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-    figures = "; ".join(f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s)" for name, r in results.items())
+    figures = "; ".join(
+        f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s)" for name, r in results.items()
+    )
     size_arg = f"--dir {args.dir}" if args.dir is not None else f"--size-gb {args.size_gb:g}"
     if args.model_signing_python is not None:
         size_arg += " --model-signing-python PY"
-    print(f"| {report['date']} | manifest hashing, {total / GB:.2f} GB in {len(paths)} files, warm cache, best of "
-          f"{args.repeats} | CPU, {cores} cores | `python bench/hashing.py {size_arg}` | {figures} |")
+    print(
+        f"| {report['date']} | manifest hashing, {total / GB:.2f} GB in {len(paths)} files, warm cache, best of "
+        f"{args.repeats} | CPU, {cores} cores | `python bench/hashing.py {size_arg}` | {figures} |"
+    )
     return report
 
 

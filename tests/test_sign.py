@@ -1,4 +1,4 @@
-"""Signing and integrity: known-answer hashing and PAE, sign→verify round trips, every tamper named, CLI codes."""
+"""Signing: known-answer hashing and PAE, sign→verify round trips, every tamper named, CLI exit codes."""
 
 from __future__ import annotations
 
@@ -65,11 +65,14 @@ def signed(model: Path, keys: tuple[Path, Path]) -> Path:
     return model
 
 
-# --- known answers ---------------------------------------------------------------------------------------
+# --- known answers --------------------------------------------------------------------------------
 
 
 def test_pae_matches_the_dsse_spec_example() -> None:
-    assert pae("http://example.com/HelloWorld", b"hello world") == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    assert (
+        pae("http://example.com/HelloWorld", b"hello world")
+        == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
     assert pae("", b"") == b"DSSEv1 0  0 "
     assert pae("t", "é".encode()) == b"DSSEv1 1 t 2 \xc3\xa9"  # lengths count bytes, not characters
 
@@ -86,7 +89,9 @@ def test_sharded_hashing_equals_hashlib(tmp_path: Path) -> None:
         assert len(big.shards) == 16  # 15 full shards and one of 40 bytes
         assert [bytes.fromhex(s) for s in big.shards] == expected_shards
         assert big.digest == hashlib.sha256(b"".join(expected_shards)).hexdigest()
-        assert small.digest == hashlib.sha256(data[:64]).hexdigest() and small.shards == ()  # what sha256sum prints
+        assert (
+            small.digest == hashlib.sha256(data[:64]).hexdigest() and small.shards == ()
+        )  # what sha256sum prints
         assert empty.digest == hashlib.sha256(b"").hexdigest()
     seen: list[int] = []  # the progress hook is told about every byte exactly once
     hash_files(files, shard_size=64, workers=4, progress=seen.append)
@@ -106,12 +111,17 @@ def test_manifest_is_sorted_ignores_git_and_binds_names_in_the_root(model: Path)
     statement = manifest.to_statement()
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
     assert statement["subject"] == [{"name": "tiny-model", "digest": {"sha256": manifest.root_digest}}]
-    swapped = [r.__class__(n, r.algorithm, r.digest, r.size) for r, n in zip(manifest.resources, ["x", "y", "z"], strict=True)]
+    swapped = [
+        r.__class__(n, r.algorithm, r.digest, r.size)
+        for r, n in zip(manifest.resources, ["x", "y", "z"], strict=True)
+    ]
     assert root_digest(swapped) != manifest.root_digest
-    assert [r.name for r in build_manifest(model, ignore=["tokenizer", "*.json"]).resources] == ["weights.bin"]
+    assert [r.name for r in build_manifest(model, ignore=["tokenizer", "*.json"]).resources] == [
+        "weights.bin"
+    ]
 
 
-# --- round trip and tampering ----------------------------------------------------------------------------
+# --- round trip and tampering ---------------------------------------------------------------------
 
 
 def test_round_trip_verifies_and_writes_a_dsse_envelope(signed: Path, keys: tuple[Path, Path]) -> None:
@@ -132,7 +142,9 @@ def test_round_trip_verifies_and_writes_a_dsse_envelope(signed: Path, keys: tupl
     assert verify_model(signed, keys[1]).ok
 
 
-def test_ignore_patterns_are_signed_and_honoured(model: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ignore_patterns_are_signed_and_honoured(
+    model: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     (model / "logs").mkdir()
     (model / "logs" / "train.log").write_text("epoch 1\n")
     sig = sign_model(model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs", "*.tmp"])
@@ -184,7 +196,11 @@ def test_every_difference_is_named_at_once(signed: Path, keys: tuple[Path, Path]
     for how in ("byte", "added", "removed"):
         _tamper(signed, how)
     result = verify_model(signed, keys[1])
-    assert (result.added, result.missing, result.changed) == (["tokenizer/merges.txt"], ["config.json"], ["weights.bin"])
+    assert (result.added, result.missing, result.changed) == (
+        ["tokenizer/merges.txt"],
+        ["config.json"],
+        ["weights.bin"],
+    )
     assert len(result.reasons) == 3
 
 
@@ -226,7 +242,7 @@ def test_another_key_is_refused(signed: Path, tmp_path: Path) -> None:
     assert "not by the given public key" in result.reasons[0]
 
 
-# --- symlinks ----------------------------------------------------------------------------------------------
+# --- symlinks -------------------------------------------------------------------------------------
 
 
 def test_symlink_escaping_the_folder_is_refused(model: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
@@ -245,7 +261,9 @@ def test_symlink_escaping_the_folder_is_refused(model: Path, keys: tuple[Path, P
     assert result.added == ["tokenizer/up"] and any("leads out" in line for line in result.reasons)
 
 
-def test_symlinks_inside_are_refused_by_default_and_recorded_when_allowed(model: Path, keys: tuple[Path, Path]) -> None:
+def test_symlinks_inside_are_refused_by_default_and_recorded_when_allowed(
+    model: Path, keys: tuple[Path, Path]
+) -> None:
     (model / "latest.bin").symlink_to("weights.bin")
     with pytest.raises(ManifestError, match="symlinks are refused"):
         build_manifest(model)
@@ -260,10 +278,12 @@ def test_symlinks_inside_are_refused_by_default_and_recorded_when_allowed(model:
     assert result.changed == ["latest.bin"] and "config.json" in result.reasons[0]
 
 
-# --- keys and errors that stop the check ---------------------------------------------------------------------
+# --- keys and errors that stop the check ----------------------------------------------------------
 
 
-def test_keygen_refuses_to_overwrite_and_encrypted_keys_need_their_password(model: Path, tmp_path: Path) -> None:
+def test_keygen_refuses_to_overwrite_and_encrypted_keys_need_their_password(
+    model: Path, tmp_path: Path
+) -> None:
     base = tmp_path / "locked"
     keygen(base, password="s3cret")
     with pytest.raises(KeyFileError, match="already exist"):
@@ -284,7 +304,9 @@ def test_malformed_or_missing_signature_raises(signed: Path, keys: tuple[Path, P
     (signed / "model.sig").write_text("{not json")
     with pytest.raises(SignatureFormatError, match="not JSON"):
         verify_model(signed, keys[1])
-    (signed / "model.sig").write_text(json.dumps({"dsseEnvelope": {"payloadType": "x", "payload": "%%", "signatures": []}}))
+    (signed / "model.sig").write_text(
+        json.dumps({"dsseEnvelope": {"payloadType": "x", "payload": "%%", "signatures": []}})
+    )
     with pytest.raises(SignatureFormatError, match="malformed"):
         verify_model(signed, keys[1])
     (signed / "model.sig").unlink()
@@ -292,7 +314,7 @@ def test_malformed_or_missing_signature_raises(signed: Path, keys: tuple[Path, P
         verify_model(signed, keys[1])
 
 
-# --- CLI ------------------------------------------------------------------------------------------------------
+# --- CLI ------------------------------------------------------------------------------------------
 
 
 def test_cli_exit_codes(model: Path, tmp_path: Path) -> None:

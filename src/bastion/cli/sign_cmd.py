@@ -37,7 +37,9 @@ def _password(env_name: str | None) -> str | None:
         return None
     value = os.environ.get(env_name)
     if not value:
-        raise InputError("--password-env", repr(env_name), "the name of a set, non-empty environment variable")
+        raise InputError(
+            "--password-env", repr(env_name), "the name of a set, non-empty environment variable"
+        )
     return value
 
 
@@ -70,7 +72,9 @@ def _size(n: int) -> str:
 def keygen_command(
     out: Path = typer.Option(..., "--out", "-o", help="Private key path; the public key goes to OUT.pub."),
     password_env: str | None = typer.Option(
-        None, "--password-env", help="Encrypt the private key with the password held in this environment variable."
+        None,
+        "--password-env",
+        help="Encrypt the private key with the password held in this environment variable.",
     ),
     force: bool = typer.Option(False, "--force", help="Replace existing key files."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -90,7 +94,9 @@ def keygen_command(
     if json_out:
         print_json({"private_key": str(private_path), "public_key": str(public_path), "key_id": kid})
     else:
-        typer.echo(f"private key: {private_path} (keep it secret)\npublic key:  {public_path}\nkey id:      {kid}")
+        typer.echo(
+            f"private key: {private_path} (keep it secret)\npublic key:  {public_path}\nkey id:      {kid}"
+        )
     raise typer.Exit(EXIT_OK)
 
 
@@ -98,9 +104,13 @@ def keygen_command(
 def sign_command(
     model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
     key: Path = typer.Option(..., "--key", "-k", help="Ed25519 private key from `bastion keygen`."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Signature file (default MODEL_DIR/model.sig)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Signature file (default MODEL_DIR/model.sig)."
+    ),
     ignore: list[str] = typer.Option(
-        [], "--ignore", help="Glob of paths to leave out (repeatable), e.g. '*.log' or 'checkpoints'; .git always."
+        [],
+        "--ignore",
+        help="Glob of paths to leave out (repeatable), e.g. '*.log' or 'checkpoints'; .git always.",
     ),
     allow_symlinks: bool = typer.Option(
         False, "--allow-symlinks", help="Record symlinks that stay inside the folder (never followed)."
@@ -126,20 +136,29 @@ def sign_command(
 
     with _hash_progress(not json_out) as (advance, set_total):
         signed = sign_model_detailed(
-            model_dir, key, output=output, password=_password(password_env), ignore=ignore,
-            shard_size=shard_size, allow_symlinks=allow_symlinks, workers=workers,
-            progress=advance, on_total=set_total,
-        )  # fmt: skip
+            model_dir,
+            key,
+            output=output,
+            password=_password(password_env),
+            ignore=ignore,
+            shard_size=shard_size,
+            allow_symlinks=allow_symlinks,
+            workers=workers,
+            progress=advance,
+            on_total=set_total,
+        )
     manifest = signed.manifest
     if json_out:
-        print_json({
-            "signature": str(signed.path),
-            "model": manifest.model_name,
-            "files": len(manifest.resources),
-            "total_bytes": manifest.total_bytes,
-            "root_digest": manifest.root_digest,
-            "key_id": signed.key_id,
-        })  # fmt: skip
+        print_json(
+            {
+                "signature": str(signed.path),
+                "model": manifest.model_name,
+                "files": len(manifest.resources),
+                "total_bytes": manifest.total_bytes,
+                "root_digest": manifest.root_digest,
+                "key_id": signed.key_id,
+            }
+        )
     else:
         typer.echo(
             f"signed {len(manifest.resources)} files ({_size(manifest.total_bytes)}) of {model_dir} -> {signed.path}\n"
@@ -151,7 +170,9 @@ def sign_command(
 @handle_errors
 def verify_command(
     model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
-    pub: Path = typer.Option(..., "--pub", "-p", help="Ed25519 public key (the .pub file from `bastion keygen`)."),
+    pub: Path = typer.Option(
+        ..., "--pub", "-p", help="Ed25519 public key (the .pub file from `bastion keygen`)."
+    ),
     signature: Path | None = typer.Option(
         None, "--signature", "-s", help="Signature file (default MODEL_DIR/model.sig)."
     ),
@@ -169,8 +190,9 @@ def verify_command(
     from bastion.sign import verify_model
 
     with _hash_progress(not json_out) as (advance, set_total):
-        result = verify_model(model_dir, pub, signature=signature, workers=workers, progress=advance,
-                              on_total=set_total)
+        result = verify_model(
+            model_dir, pub, signature=signature, workers=workers, progress=advance, on_total=set_total
+        )
     if json_out:
         print_json(result.to_dict())
     elif result.ok:
@@ -181,7 +203,11 @@ def verify_command(
     else:
         for line in result.reasons:
             typer.echo(f"{model_dir}: {line}")
-        parts = [f"{len(result.changed)} changed", f"{len(result.added)} added", f"{len(result.missing)} missing"]
+        parts = [
+            f"{len(result.changed)} changed",
+            f"{len(result.added)} added",
+            f"{len(result.missing)} missing",
+        ]
         parts.append("signature valid" if result.signature_ok else "signature INVALID")
         typer.echo(f"FAILED: {model_dir}: {', '.join(parts)}")
     sys.stdout.flush()

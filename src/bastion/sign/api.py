@@ -93,10 +93,18 @@ def sign_model(
     ``password`` unlocks an encrypted key.
     """
     return sign_model_detailed(
-        model_dir, private_key_path, output=output, password=password, ignore=ignore, shard_size=shard_size,
-        allow_symlinks=allow_symlinks, default_ignore=default_ignore, workers=workers, progress=progress,
+        model_dir,
+        private_key_path,
+        output=output,
+        password=password,
+        ignore=ignore,
+        shard_size=shard_size,
+        allow_symlinks=allow_symlinks,
+        default_ignore=default_ignore,
+        workers=workers,
+        progress=progress,
         on_total=on_total,
-    ).path  # fmt: skip
+    ).path
 
 
 def sign_model_detailed(
@@ -188,7 +196,9 @@ def verify_model(
         detail = str(exc) if isinstance(exc, ManifestError) else "not UTF-8 JSON"
         if result.signature_ok:
             # a valid signature over something unreadable: the signer's tool is broken, not the model
-            raise SignatureFormatError(f"signature file {sig_path}: signed payload is not a model manifest: {detail}") from None
+            raise SignatureFormatError(
+                f"signature file {sig_path}: signed payload is not a model manifest: {detail}"
+            ) from None
         result.reasons.append(f"manifest: unreadable ({detail}); no file could be checked")
         return result
 
@@ -218,13 +228,19 @@ def verify_model(
 
     # a missing file whose exact content turns up under a new name was most likely renamed
     missing_by_digest = {signed[m].digest: m for m in result.missing if signed[m].algorithm != ALG_SYMLINK}
-    renamed_to = {a: missing_by_digest[now[a].digest] for a in result.added if a in now and now[a].digest in missing_by_digest}
+    renamed_to = {
+        a: missing_by_digest[now[a].digest]
+        for a in result.added
+        if a in now and now[a].digest in missing_by_digest
+    }
     renamed_from = {v: k for k, v in renamed_to.items()}
     for name in result.changed:
         if name in refused:
             result.reasons.append(f"changed: {name}: {refused[name]}")
         else:
-            result.reasons.append(f"changed: {name}: {_describe_change(signed[name], now[name], manifest.config.shard_size)}")
+            result.reasons.append(
+                f"changed: {name}: {_describe_change(signed[name], now[name], manifest.config.shard_size)}"
+            )
     for name in result.missing:
         hint = f" (renamed to {renamed_from[name]}?)" if name in renamed_from else ""
         result.reasons.append(f"missing: {name}: in the signed manifest, not on disk{hint}")

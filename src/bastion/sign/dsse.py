@@ -74,7 +74,9 @@ class Envelope:
             keyid = raw.get("keyid", "")
             if not isinstance(keyid, str):
                 raise SignatureFormatError(f"dsseEnvelope.signatures[{i}].keyid: expected a string")
-            sigs.append(EnvelopeSignature(keyid, _b64decode(raw.get("sig"), f"dsseEnvelope.signatures[{i}].sig")))
+            sigs.append(
+                EnvelopeSignature(keyid, _b64decode(raw.get("sig"), f"dsseEnvelope.signatures[{i}].sig"))
+            )
         return cls(payload, payload_type, tuple(sigs))
 
 
@@ -90,7 +92,9 @@ def _b64decode(value: Any, where: str) -> bytes:
         raise SignatureFormatError(f"{where}: not valid base64") from None
 
 
-def sign_envelope(payload: bytes, private_key: Ed25519PrivateKey, payload_type: str = PAYLOAD_TYPE) -> Envelope:
+def sign_envelope(
+    payload: bytes, private_key: Ed25519PrivateKey, payload_type: str = PAYLOAD_TYPE
+) -> Envelope:
     """Sign ``payload`` as DSSE: Ed25519 over PAE(payload_type, payload)."""
     sig = private_key.sign(pae(payload_type, payload))
     return Envelope(payload, payload_type, (EnvelopeSignature(key_id(private_key.public_key()), sig),))
@@ -134,7 +138,9 @@ def write_signature_file(envelope: Envelope, path: Path) -> None:
 def read_signature_file(path: Path) -> Envelope:
     """Read a bundle (or bare DSSE envelope) from ``path``; :class:`SignatureFormatError` when it is none."""
     if not path.exists():
-        raise SignatureFormatError(f"signature: no signature file at {path} (sign the model first, or pass --signature)")
+        raise SignatureFormatError(
+            f"signature: no signature file at {path} (sign the model first, or pass --signature)"
+        )
     if not path.is_file():
         raise SignatureFormatError(f"signature: {path} is not a file")
     try:
@@ -142,7 +148,9 @@ def read_signature_file(path: Path) -> Envelope:
     except UnicodeDecodeError:
         raise SignatureFormatError(f"signature: {path} is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise SignatureFormatError(f"signature: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SignatureFormatError(
+            f"signature: {path} is not JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     if isinstance(obj, Mapping) and "dsseEnvelope" in obj:
         obj = obj["dsseEnvelope"]
     try:

@@ -37,7 +37,9 @@ DEFAULT_IGNORE: tuple[str, ...] = (".git",)
 #: called from worker threads with the number of bytes just hashed
 ProgressHook = Callable[[int], None]
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,13 @@ def scan_folder(root: Path, ignore: Sequence[str], allow_symlinks: bool) -> Fold
             elif entry.is_dir(follow_symlinks=False):
                 stack.append((Path(entry.path), name + "/"))
             elif entry.is_file(follow_symlinks=False):
-                scan.files.append(FileEntry(name, Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+                scan.files.append(
+                    FileEntry(name, Path(entry.path), entry.stat(follow_symlinks=False).st_size)
+                )
             else:
-                scan.refused.append(Refusal(name, "not a regular file, folder or symlink (socket, FIFO or device)"))
+                scan.refused.append(
+                    Refusal(name, "not a regular file, folder or symlink (socket, FIFO or device)")
+                )
     scan.files.sort(key=lambda f: f.name)
     scan.links.sort(key=lambda link: link.name)
     scan.refused.sort(key=lambda r: r.name)
@@ -155,7 +161,9 @@ def _scan_link(path: Path, name: str, root_real: Path, allow_symlinks: bool, sca
         return
     if not allow_symlinks:
         scan.refused.append(
-            Refusal(name, f"symlink to {target_text!r}; symlinks are refused unless allowed (--allow-symlinks)")
+            Refusal(
+                name, f"symlink to {target_text!r}; symlinks are refused unless allowed (--allow-symlinks)"
+            )
         )
         return
     scan.links.append(LinkEntry(name, inside))
@@ -236,7 +244,8 @@ def hash_files(
         pool = ThreadPoolExecutor(max_workers=min(n_workers, len(tasks)), thread_name_prefix="bastion-hash")
         try:
             futures = {
-                pool.submit(hash_range, files[i].path, start, end, progress): (i, k) for i, k, start, end in tasks
+                pool.submit(hash_range, files[i].path, start, end, progress): (i, k)
+                for i, k, start, end in tasks
             }
             for future, (i, k) in futures.items():
                 shard_digests[i][k] = future.result()
@@ -251,6 +260,8 @@ def hash_files(
             out.append(FileDigest(entry.name, entry.size, digests[0].hex()))
         else:
             out.append(
-                FileDigest(entry.name, entry.size, combine_shards(digests).hex(), tuple(d.hex() for d in digests))
+                FileDigest(
+                    entry.name, entry.size, combine_shards(digests).hex(), tuple(d.hex() for d in digests)
+                )
             )
     return out

@@ -50,13 +50,17 @@ def keygen(path: str | Path, password: str | bytes | None = None, force: bool = 
     private_path = Path(path)
     public_path = private_path.with_name(private_path.name + PUBLIC_SUFFIX)
     if private_path.name.endswith(PUBLIC_SUFFIX):
-        raise KeyFileError(f"out: got {private_path}, expected the private key's path; {PUBLIC_SUFFIX} is appended for the public key")
+        raise KeyFileError(
+            f"out: got {private_path}, expected the private key's path; {PUBLIC_SUFFIX} is appended for the public key"
+        )
     if not private_path.parent.is_dir():
         raise KeyFileError(f"out: folder {private_path.parent} does not exist")
     if not force:
         existing = [str(p) for p in (private_path, public_path) if p.exists()]
         if existing:
-            raise KeyFileError(f"out: {' and '.join(existing)} already exist; pass --force (force=True) to replace them")
+            raise KeyFileError(
+                f"out: {' and '.join(existing)} already exist; pass --force (force=True) to replace them"
+            )
     secret = _as_bytes(password)
     key = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
@@ -87,7 +91,9 @@ def load_private_key(path: str | Path, password: str | bytes | None = None) -> E
     """Load an Ed25519 private key (PEM PKCS#8), decrypting it with ``password`` when it is encrypted."""
     p, data = _read(path, "key")
     if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
-        raise KeyFileError(f"key: {p} is a public key; signing needs the private key (without {PUBLIC_SUFFIX})")
+        raise KeyFileError(
+            f"key: {p} is a public key; signing needs the private key (without {PUBLIC_SUFFIX})"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=_as_bytes(password))
     except TypeError:
@@ -98,7 +104,9 @@ def load_private_key(path: str | Path, password: str | bytes | None = None) -> E
     except ValueError:
         if password is not None:
             raise KeyFileError(f"key: cannot decrypt {p}: wrong password, or not a PEM private key") from None
-        raise KeyFileError(f"key: {p} is not a PEM private key (expected one written by `bastion keygen`)") from None
+        raise KeyFileError(
+            f"key: {p} is not a PEM private key (expected one written by `bastion keygen`)"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"key: {p} holds a {type(key).__name__}, expected an Ed25519 private key")
     return key
@@ -108,11 +116,15 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """Load an Ed25519 public key (PEM SubjectPublicKeyInfo, as ``bastion keygen`` writes to ``*.pub``)."""
     p, data = _read(path, "pub")
     if b"PRIVATE KEY" in data:
-        raise KeyFileError(f"pub: {p} is a private key; verification needs the public key ({PUBLIC_SUFFIX} file)")
+        raise KeyFileError(
+            f"pub: {p} is a private key; verification needs the public key ({PUBLIC_SUFFIX} file)"
+        )
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
-        raise KeyFileError(f"pub: {p} is not a PEM public key (expected the {PUBLIC_SUFFIX} file from `bastion keygen`)") from None
+        raise KeyFileError(
+            f"pub: {p} is not a PEM public key (expected the {PUBLIC_SUFFIX} file from `bastion keygen`)"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"pub: {p} holds a {type(key).__name__}, expected an Ed25519 public key")
     return key

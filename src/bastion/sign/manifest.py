@@ -85,9 +85,13 @@ class HashConfig:
         allow = obj.get("allow_symlinks")
         ignore = obj.get("ignore_paths", [])
         if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
-            raise ManifestError(f"predicate.serialization.shard_size: got {shard_size!r}, expected a positive integer")
+            raise ManifestError(
+                f"predicate.serialization.shard_size: got {shard_size!r}, expected a positive integer"
+            )
         if not isinstance(allow, bool):
-            raise ManifestError(f"predicate.serialization.allow_symlinks: got {allow!r}, expected true or false")
+            raise ManifestError(
+                f"predicate.serialization.allow_symlinks: got {allow!r}, expected true or false"
+            )
         if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
             raise ManifestError("predicate.serialization.ignore_paths: expected a list of strings")
         return cls(shard_size, allow, normalize_patterns(ignore))
@@ -122,7 +126,9 @@ class Resource:
         if not isinstance(name, str) or not _valid_name(name):
             raise ManifestError(f"predicate.resources: bad name {name!r}, expected a relative POSIX path")
         if algorithm not in _ALGORITHMS:
-            raise ManifestError(f"predicate.resources[{name}]: got algorithm {algorithm!r}, expected one of {_ALGORITHMS}")
+            raise ManifestError(
+                f"predicate.resources[{name}]: got algorithm {algorithm!r}, expected one of {_ALGORITHMS}"
+            )
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise ManifestError(f"predicate.resources[{name}]: digest must be 64 lowercase hex digits")
         size, shards, target = obj.get("size"), obj.get("shards", []), obj.get("target")
@@ -132,16 +138,25 @@ class Resource:
             return cls(name, algorithm, digest, target=target)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ManifestError(f"predicate.resources[{name}]: size must be a non-negative integer")
-        if not isinstance(shards, list) or not all(isinstance(s, str) and _HEX64.fullmatch(s) for s in shards):
+        if not isinstance(shards, list) or not all(
+            isinstance(s, str) and _HEX64.fullmatch(s) for s in shards
+        ):
             raise ManifestError(f"predicate.resources[{name}]: shards must be a list of hex digests")
         if (algorithm == ALG_SHARDED) != bool(shards):
-            raise ManifestError(f"predicate.resources[{name}]: shard digests go with algorithm {ALG_SHARDED!r} only")
+            raise ManifestError(
+                f"predicate.resources[{name}]: shard digests go with algorithm {ALG_SHARDED!r} only"
+            )
         return cls(name, algorithm, digest, size=size, shards=tuple(shards))
 
 
 def _valid_name(name: str) -> bool:
     parts = name.split("/")
-    return bool(name) and not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
+    return (
+        bool(name)
+        and not name.startswith("/")
+        and "\\" not in name
+        and all(p not in ("", ".", "..") for p in parts)
+    )
 
 
 def root_digest(resources: Iterable[Resource]) -> str:
@@ -259,7 +274,9 @@ def collect(
         Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
         for d in digests
     ]
-    resources += [Resource(link.name, ALG_SYMLINK, _link_digest(link.target), target=link.target) for link in scan.links]
+    resources += [
+        Resource(link.name, ALG_SYMLINK, _link_digest(link.target), target=link.target) for link in scan.links
+    ]
     resources.sort(key=lambda r: r.name)
     model_name = Path(model_dir).resolve().name or "model"
     return Manifest(model_name, tuple(resources), config), scan
