@@ -118,7 +118,7 @@ def certify(
     n: int = typer.Option(100_000, "--n", help="Smoothing: noisy draws per example to estimate pA."),
     n0: int = typer.Option(100, "--n0", help="Smoothing: noisy draws per example to select the class."),
     alpha: float = typer.Option(0.001, "--alpha", help="Smoothing: failure probability of each certificate."),
-    radii: str | None = typer.Option(None, "--radii", help=f"Smoothing: L2 radii to report [default {DEFAULT_RADII}]."),
+    radii: str | None = typer.Option(None, "--radii", help=f"Smoothing: L2 radii to report (default {DEFAULT_RADII})."),
     eps: str | None = typer.Option(None, "--eps", help="IBP: L-inf radii to certify, e.g. 0.1 or 0.05,0.1."),
     limit: int | None = typer.Option(None, "--limit", help="Certify only the first N examples."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Smoothing: noisy inputs per forward pass."),
@@ -128,7 +128,7 @@ def certify(
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
     factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture for safetensors."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: the model's]."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the model's device)."),
     min_certified_accuracy: float | None = typer.Option(
         None, "--min-certified-accuracy", help="Exit 1 if certified accuracy is below this at any radius."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report instead of text."),
