@@ -123,9 +123,9 @@ def test_torchscript_archive(net: torch.nn.Module) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
         for info in zin.infolist():
             body = zin.read(info.filename)
-            if info.filename.endswith("/linear.py"):
-                body = body.replace(b"    weight = self.weight",
-                                    b"    _x = torch.ops.aten.system(\"id\")\n    weight = self.weight")
+            if info.filename.endswith(".py") and b"-> Tensor:\n" in body:
+                # first line of a forward(): an operator call that would reach the OS
+                body = body.replace(b"-> Tensor:\n", b"-> Tensor:\n    _x = torch.ops.aten.system(\"id\")\n", 1)
             zout.writestr(info, body)
     assert_flagged(out.getvalue(), "BASTION-TORCHSCRIPT-CODE", Severity.CRITICAL)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import io
 import lzma
+import re
 import struct
 import tarfile
 import zipfile
@@ -22,6 +23,9 @@ from bastion.scan.findings import Severity
 
 _LOCAL = b"PK\x03\x04"
 _LOCAL_FMT = struct.Struct("<4sHHHHHIIIHH")
+#: raw tensor bytes in a PyTorch archive (archive/data/0, ...): torch never unpickles these
+_STORAGE_NAME = re.compile(r"(^|/)data/\d+$")
+_STORAGE = frozenset({"storage"})
 _NORMAL_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # compression options, data descriptor, UTF-8 names
 
 
@@ -201,7 +205,9 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         if body is None:
             continue
         where = ctx.member(inner, e.name)
-        kind = ctx.scan(body, where, depth + 1, member_hints)
+        hints_here = member_hints | _STORAGE if "torch" in member_hints and _STORAGE_NAME.search(e.name) \
+            else member_hints
+        kind = ctx.scan(body, where, depth + 1, hints_here)
         if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
                      "CRC-32 does not match the data (zipfile refuses it; other readers do not check); "

@@ -22,6 +22,7 @@ Handler = Callable[["Context", memoryview, str, int, frozenset[str]], None]
 NO_HINTS: frozenset[str] = frozenset()
 _SNIFF_BYTES = 1024
 _CHUNK = 1 << 20
+_STORAGE_PROBE_OPCODES = 100_000
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Context:
         return kind
 
     def pickle_stream(self, data: memoryview | bytes, inner: str, depth: int, *, torch_context: bool = False,
-                      max_pickles: int | None = None, probe: bool = False) -> StreamResult:
+                      max_pickles: int | None = None, probe: bool = False,
+                      evidence_opcodes: int | None = 32, max_opcodes: int | None = None) -> StreamResult:
         """Play the pickles in ``data`` and report what they do."""
 
         def nested(payload: bytes, where: str) -> list[RawFinding]:
@@ -89,7 +91,8 @@ class Context:
             return [(r, s, f"{where}{w}", m, g) for r, s, w, m, g in sub.findings]
 
         res = analyze_stream(data, self.policy, torch_context=torch_context, max_pickles=max_pickles,
-                             probe=probe, nested=nested, cache=self.cache)
+                             probe=probe, nested=nested, cache=self.cache, evidence_opcodes=evidence_opcodes,
+                             max_opcodes=max_opcodes)
         if res.is_pickle:
             self.emit_raw(res.findings, inner)
         return res
@@ -146,12 +149,20 @@ class Context:
 
 
 def scan_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    if "storage" in hints:
+        # a tensor storage whose first bytes happen to read as a pickle header: probe, do not insist
+        scan_maybe_pickle(ctx, data, inner, depth, hints)
+        return
     res = ctx.pickle_stream(data, inner, depth, torch_context="torch" in hints)
     trailing(ctx, data, res.end, inner, depth, "pickle")
 
 
 def scan_maybe_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
-    res = ctx.pickle_stream(data, inner, depth, probe=True, torch_context="torch" in hints)
+    storage = "storage" in hints
+    # tensor bytes can be long runs of valid opcodes: give up on them early instead of playing them all
+    res = ctx.pickle_stream(data, inner, depth, probe=True, torch_context="torch" in hints,
+                            evidence_opcodes=None if storage else 32,
+                            max_opcodes=_STORAGE_PROBE_OPCODES if storage else None)
     if res.is_pickle:
         trailing(ctx, data, res.end, inner, depth, "pickle")
     else:

@@ -218,10 +218,16 @@ class PickleResult:
     limit_hit: bool = False
     globals_seen: int = 0  # well-formed global names decoded (evidence that this really is a pickle)
 
-    @property
-    def looks_like_pickle(self) -> bool:
-        # random bytes and text die within a few opcodes; dozens of valid ones in a row are a pickle
-        return self.complete or self.globals_seen > 0 or self.limit_hit or self.opcodes >= _PICKLE_EVIDENCE
+    def looks_like_pickle(self, evidence_opcodes: int | None = _PICKLE_EVIDENCE) -> bool:
+        """Random bytes and text die within a few opcodes; dozens of valid ones in a row are a pickle.
+
+        ``evidence_opcodes=None`` asks for stronger evidence (a STOP or a well-formed global), for blobs
+        such as tensor storages where long runs of valid opcodes happen by chance (a constant int8 tensor
+        of 0x4b is an endless run of BININT1).
+        """
+        if self.complete or self.globals_seen > 0:
+            return True
+        return evidence_opcodes is not None and (self.limit_hit or self.opcodes >= evidence_opcodes)
 
 
 Nested = Callable[[bytes, str], list[RawFinding]]
@@ -724,6 +730,7 @@ class StreamResult:
 
 def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: bool = False,
                    max_pickles: int | None = None, probe: bool = False, nested: Nested | None = None,
+                   evidence_opcodes: int | None = _PICKLE_EVIDENCE, max_opcodes: int | None = None,
                    cache: dict[tuple[str, str], Verdict] | None = None) -> StreamResult:
     """Play every pickle in ``data``, one after another.
 
@@ -743,9 +750,9 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
         start = reader.tell()
         label = f"pickle {count + 1}, " if count else ""
         machine = Machine(reader, policy, torch_context=torch_context, nested=nested, cache=cache, label=label)
-        res = machine.run(limits.max_opcodes)
+        res = machine.run(min(limits.max_opcodes, max_opcodes or limits.max_opcodes))
         first = count == 0
-        if not res.looks_like_pickle and (probe or not first):
+        if not res.looks_like_pickle(evidence_opcodes) and (probe or not first):
             reader.seek(start)
             break
         count += 1

@@ -47,7 +47,8 @@ def sniff(head: bytes, size: int) -> str:
         return "torch-legacy"
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
-        if 2 <= n <= min(SAFETENSORS_MAX_HEADER, size - 8):
+        # '{"' right after the length is the format's signature even when the length is a lie
+        if 2 <= n <= min(SAFETENSORS_MAX_HEADER, size - 8) or head[8:10] == b'{"':
             return "safetensors"
     if head[:1] == b"\x80" and head[1:2] in (b"\x00", b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
