@@ -53,6 +53,23 @@ def _state_dict() -> dict[str, object]:
     }
 
 
+def _adam_state(model: object) -> dict[str, object]:
+    """What ``torch.optim.Adam(...).state_dict()`` holds after one step, written out by hand.
+
+    Building a real optimizer imports torch._dynamo (seconds per session); the saved layout is the same:
+    per-parameter step/exp_avg/exp_avg_sq tensors and the param groups.
+    """
+    import torch
+
+    params = list(model.parameters())  # type: ignore[attr-defined]
+    state = {i: {"step": torch.tensor(1.0), "exp_avg": torch.full_like(p, 0.1),
+                 "exp_avg_sq": torch.full_like(p, 0.01)} for i, p in enumerate(params)}
+    group = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False,
+             "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
+             "fused": None, "decoupled_weight_decay": False, "params": list(range(len(params)))}
+    return {"state": state, "param_groups": [group]}
+
+
 def _torch_cases() -> list[BenignCase]:
     import torch
 
@@ -66,10 +83,7 @@ def _torch_cases() -> list[BenignCase]:
         out.append(BenignCase(f"torch_state_dict_{tag}", "torch.save", f"state_{tag}.pt", _bytes_of(save, ".pt")))
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model(torch.randn(2, 4)).sum().backward()
-    opt.step()
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "best_acc": 0.91,
+    ckpt = {"model": model.state_dict(), "optimizer": _adam_state(model), "epoch": 3, "best_acc": 0.91,
             "args": {"lr": 1e-3, "name": "run-1", "layers": [4, 8, 2]}}
     out.append(BenignCase("torch_checkpoint_optimizer", "torch.save", "ckpt.pth",
                           _bytes_of(lambda p: torch.save(ckpt, p), ".pth")))
