@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bastion.assess.result import Finding
+from bastion.assess.result import AttackStats, Finding
 from bastion.core.adapters import Capability, Model
 from bastion.core.threat import Norm
 
@@ -35,6 +35,9 @@ UNBOUNDED_MIN_SUCCESS = 0.98
 #: PGD steps for the independent per-epsilon and unbounded runs
 CHECK_STEPS = 20
 UNBOUNDED_STEPS = 50
+#: shares of the white-box survivors a black-box attack breaks above which the finding is high / a warning
+HIGH_SHARE = 0.10
+LOW_SHARE = 0.05
 #: queries for a stand-alone Square run when the suite had no black-box attack
 CHECK_SQUARE_QUERIES = 1000
 
@@ -53,7 +56,7 @@ class CheckContext:
     broken_eps: Tensor
     broken_by: list[str | None]
     epsilons: list[float]
-    blackbox_names: set[str]
+    blackbox: list[AttackStats]
     whitebox_ran: bool
     seed: int
     batch_size: int | None
@@ -99,13 +102,15 @@ def _tolerance(n: int) -> float:
 
 
 def _blackbox_beats_whitebox(ctx: CheckContext, positive: list[float]) -> list[Finding]:
-    by_blackbox = torch.tensor([b in ctx.blackbox_names for b in ctx.broken_by], device=ctx.x.device)
-    if ctx.blackbox_names:
-        n_bb = int(by_blackbox.sum())
-        # The black-box attacks ran last, on what the white-box ones could not break.
-        survivors_after_wb = int((ctx.correct & (~ctx.broken | by_blackbox)).sum())
-        evidence: dict[str, Any] = {"broken_by_blackbox_only": n_bb, "whitebox_survivors": survivors_after_wb,
-                                    "attacks": sorted(ctx.blackbox_names)}
+    if ctx.blackbox:
+        # The black-box attacks ran last at each epsilon, on what the white-box ones could not break.
+        n_bb = sum(sum(st.broken) for st in ctx.blackbox)
+        survivors_after_wb = max(max(st.attempted, default=0) for st in ctx.blackbox)
+        labels = [format(e, "g") for e in ctx.epsilons]
+        evidence: dict[str, Any] = {
+            "broken_by_blackbox_only": n_bb,
+            "attacks": {st.name: {"broken": dict(zip(labels, st.broken, strict=True)),
+                                  "attempted": dict(zip(labels, st.attempted, strict=True))} for st in ctx.blackbox}}
     else:
         if Capability.SCORES not in ctx.model.capabilities or ctx.norm.name not in ("linf", "l2"):
             return []
@@ -125,10 +130,11 @@ def _blackbox_beats_whitebox(ctx: CheckContext, positive: list[float]) -> list[F
     if n_bb == 0:
         return []
     frac = n_bb / max(survivors_after_wb, 1)
-    severity = "high" if frac > 0.05 else "warning"
+    # One or two stragglers of many can be a white-box attack's bad luck; a share of them is a pattern.
+    severity = "high" if frac > HIGH_SHARE else "warning" if (n_bb > 2 or frac > LOW_SHARE) else "info"
     return [Finding("blackbox_beats_whitebox", severity,
                     f"a score-only attack broke {n_bb} example(s) that every gradient attack missed "
-                    f"({frac:.0%} of the white-box survivors): gradients are likely masked or obfuscated, so "
+                    f"({frac:.0%} of the {survivors_after_wb} examples it attacked): gradients are likely masked or obfuscated, so "
                     "white-box numbers alone would overstate robustness", evidence)]
 
 

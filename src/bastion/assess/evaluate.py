@@ -80,7 +80,7 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
 
     order = sorted(range(len(eps_list)), key=lambda i: eps_list[i])
     robust = [0.0] * len(eps_list)
-    stats = {spec.name: AttackStats(spec.name, spec.family, repr(att), [0] * len(eps_list))
+    stats = {spec.name: AttackStats(spec.name, spec.family, repr(att), [0] * len(eps_list), [0] * len(eps_list))
              for spec, att in attacks}
     for i in order:
         eps = eps_list[i]
@@ -90,7 +90,7 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
                     progress(f"{spec.name} at ε={labels[i]}", done, n_steps)
                 runner.step(spec, att, eps, i, stats[spec.name])
                 done += 1
-        robust[i] = float((~runner.broken).float().mean())
+        robust[i] = int((~runner.broken).sum()) / int(xt.shape[0])
     t_attacks = time.perf_counter() - t_start
 
     findings: list[Finding] = [Finding("attack_unavailable", "warning", note, {}) for note in notes
@@ -102,7 +102,7 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         t0 = time.perf_counter()
         ctx = CheckContext(model=m, adaptive=runner.adaptive, norm=geometry, x=xt, y=yt, correct=runner.correct,
                            broken=runner.broken, broken_eps=runner.broken_eps, broken_by=runner.broken_by,
-                           epsilons=eps_list, blackbox_names={s.name for s, _ in attacks if s.family == "black-box"},
+                           epsilons=eps_list, blackbox=[st for st in stats.values() if st.family == "black-box"],
                            whitebox_ran=any(s.family == "white-box" for s, _ in attacks),
                            seed=seed, batch_size=batch_size)
         findings += run_checks(ctx)
@@ -131,7 +131,7 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     }
     return EvaluationResult(
         norm=geometry.name, epsilons=list(eps_list), epsilon_labels=labels, n_examples=int(xt.shape[0]),
-        clean_accuracy=float(runner.correct.float().mean()), robust_accuracy=robust,
+        clean_accuracy=int(runner.correct.sum()) / int(xt.shape[0]), robust_accuracy=robust,
         correct=runner.correct.cpu(), broken_eps=runner.broken_eps.cpu(), broken_by=runner.broken_by,
         x_adv=runner.x_adv.cpu(), adv_pred=runner.adv_pred.cpu(), distance=runner.distance.cpu(),
         attacks=list(stats.values()), findings=findings, examples=runner.kept(keep_examples),
@@ -217,6 +217,7 @@ class _Ensemble:
         stats.seconds += time.perf_counter() - t0
         stats.queries += queries
         stats.runs += 1
+        stats.attempted[eps_index] += int(active.numel())
         idx = active[hit]
         if idx.numel() == 0:
             return

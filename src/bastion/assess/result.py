@@ -41,13 +41,14 @@ class AttackStats:
     family: str  # "white-box" or "black-box"
     description: str
     broken: list[int]  # per epsilon, in the order the epsilons were given
+    attempted: list[int] = field(default_factory=list)  # examples it was run on, per epsilon
     seconds: float = 0.0
     queries: int = 0
     runs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "description": self.description,
-                "broken": list(self.broken), "seconds": round(self.seconds, 4), "queries": self.queries,
+                "broken": list(self.broken), "attempted": list(self.attempted), "seconds": round(self.seconds, 4), "queries": self.queries,
                 "runs": self.runs}
 
 

@@ -73,7 +73,7 @@ SUITES: dict[str, tuple[AttackSpec, ...]] = {
     "fast": (
         AttackSpec("APGD-CE", "white-box", _WB, _apgd("ce", 20)),
         AttackSpec("APGD-T", "white-box", _WB, _apgd("dlr", 20, targets=3)),
-        AttackSpec("Square", "black-box", _SC, _square(1000), ("linf", "l2")),
+        AttackSpec("Square", "black-box", _SC, _square(500), ("linf", "l2")),
     ),
     "standard": (
         AttackSpec("APGD-CE", "white-box", _WB, _apgd("ce", 50)),
@@ -92,6 +92,11 @@ SUITES: dict[str, tuple[AttackSpec, ...]] = {
 
 #: names accepted by ``bastion attack --attack`` and in a suite given as a list of strings
 ATTACK_NAMES = ("fgsm", "pgd", "apgd", "apgd-t", "fab", "cw", "deepfool", "square", "hsj")
+
+#: how each short name appears in reports
+DISPLAY_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "apgd": "APGD-CE", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR",
+                 "apgd-t": "APGD-T", "fab": "FAB", "fab-t": "FAB-T", "cw": "CW-L2", "deepfool": "DeepFool",
+                 "square": "Square", "hsj": "HopSkipJump", "hopskipjump": "HopSkipJump"}
 
 
 def build_attack(name: str, norm: str, *, steps: int | None = None, seed: int = 0, batch_size: int | None = None,
@@ -165,4 +170,4 @@ def _named_spec(name: str) -> AttackSpec:
     def build(norm: str, seed: int, batch_size: int | None, num_classes: int) -> Attack:
         return build_attack(key, norm, seed=seed, batch_size=batch_size, num_classes=num_classes)
 
-    return AttackSpec(name.upper() if len(name) <= 5 else name, family, needs, build)
+    return AttackSpec(DISPLAY_NAMES.get(key, name), family, needs, build)

@@ -20,7 +20,7 @@ from bastion.cli.common import EXIT_OK, handle_errors, progress_bar
 DEMO_EPS = "0.05,0.1,0.2,0.3"
 #: (training epochs, test examples evaluated) for the full and --quick demos
 FULL = (15, 200)
-QUICK = (6, 60)
+QUICK = (5, 40)
 
 
 def register(app: typer.Typer) -> None:
