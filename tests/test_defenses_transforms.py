@@ -219,3 +219,17 @@ def test_ensemble_of_transforms_is_attacked_through_their_adaptive_views(cnn: nn
     (g_bpda,) = torch.autograd.grad(cnn(tx).sum(), tx)
     (g_plain,) = torch.autograd.grad(cnn(x).sum(), x)
     assert np.isclose(float((g - (g_bpda + g_plain) / 2).abs().max()), 0.0, atol=1e-5)
+
+
+def test_evaluate_scores_a_squeezer_honestly_and_the_naive_view_is_fooled(digits: bn.datasets.Dataset,
+                                                                         cnn: nn.Module) -> None:
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    defended = BitDepthReduction(cnn, bits=3)
+
+    def robust(model: bn.Model | nn.Module) -> float:
+        res = bn.evaluate(model, x, y, norm="linf", epsilons=[EPS], suite=["pgd"], checks=False)
+        return float(res.robust_accuracy[0])
+
+    honest, fooled, baseline = robust(defended), robust(defended.naive()), robust(cnn)
+    assert fooled > honest + 0.3
+    assert honest < baseline + CLOSE
