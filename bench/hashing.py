@@ -4,7 +4,8 @@
 
 Creates a model-like folder in a temp dir (one big "weights" file holding half the bytes, a few mid-size
 shards, small config files), reads it once so every tool starts from the page cache, then times, best
-and median over ``--repeats``:
+and median over ``--repeats``, wall seconds and CPU seconds per GB (the latter hardly depends on how busy
+a shared machine is, so it compares tools fairly where wall time cannot):
 
 - ``sha256sum`` over all files in one process (serial, the usual `sha256sum * > SHA256SUMS`);
 - ``xargs -P <cores> -n 1 sha256sum`` (one process per file, as many at once as there are cores);
@@ -25,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,9 +48,9 @@ config = hashing.Config()
 config.use_shard_serialization() if mode == "shards" else config.use_file_serialization()
 runs = []
 for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     config.hash(folder)
-    runs.append(time.perf_counter() - t0)
+    runs.append((time.perf_counter() - t0, time.process_time() - c0))
 print(json.dumps(runs))
 """
 _BLOCK = 16 << 20
@@ -87,12 +89,19 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
-def time_runs(fn: Callable[[], object], repeats: int) -> list[float]:
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its finished children (sha256sum, xargs)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def time_runs(fn: Callable[[], object], repeats: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per run. CPU seconds barely move with the load other users put on the machine."""
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, _cpu_seconds() - c0))
     return out
 
 
@@ -140,16 +149,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         results: dict[str, dict[str, Any]] = {}
 
-        def record(name: str, runs: list[float]) -> None:
-            best = min(runs)
+        def record(name: str, runs: list[tuple[float, float]]) -> None:
+            walls = [w for w, _ in runs]
+            best = min(walls)
+            cpu = statistics.median(c for _, c in runs)
             results[name] = {
                 "seconds_best": round(best, 3),
-                "seconds_median": round(statistics.median(runs), 3),
+                "seconds_median": round(statistics.median(walls), 3),
                 "gb_per_s_best": round(total / best / GB, 3),
-                "runs": [round(r, 3) for r in runs],
+                "cpu_seconds_per_gb": round(cpu / (total / GB), 3),
+                "runs": [round(w, 3) for w in walls],
             }
             print(
-                f"{name:>28}: best {best:7.2f} s  {total / best / GB:6.2f} GB/s  (runs {results[name]['runs']})",
+                f"{name:>28}: best {best:7.2f} s  {total / best / GB:6.2f} GB/s  "
+                f"{results[name]['cpu_seconds_per_gb']:6.2f} CPU-s/GB  (runs {results[name]['runs']})",
                 file=sys.stderr,
             )
 
@@ -180,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     capture_output=True,
                     text=True,
                 )
-                record(f"model-signing ({mode})", json.loads(proc.stdout.strip().splitlines()[-1]))
+                timed = json.loads(proc.stdout.strip().splitlines()[-1])
+                record(f"model-signing ({mode})", [(w, c) for w, c in timed])
         check: dict[str, Any] = {}
         if shutil.which("sha256sum") is not None:
             xargs_cmd = ["xargs", "-0", "-P", str(cores), "-n", "1", "sha256sum"]
@@ -219,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     figures = "; ".join(
-        f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s)" for name, r in results.items()
+        f"{name} {r['seconds_best']:.2f} s ({r['gb_per_s_best']:.2f} GB/s, {r['cpu_seconds_per_gb']:.2f} CPU-s/GB)"
+        for name, r in results.items()
     )
     size_arg = f"--dir {args.dir}" if args.dir is not None else f"--size-gb {args.size_gb:g}"
     if args.model_signing_python is not None:
