@@ -153,7 +153,8 @@ class AdversarialTrainer:
     loss, clean_val_acc, robust_val_acc, lr, time_s of training, val_time_s), ``best_epoch_``,
     ``val_index_`` (the held-out rows). ``schedule="cyclic"`` is a one-cycle triangle peaking at ``lr``;
     ``precision`` "bf16"/"fp16" runs forwards under autocast (fp16 with a gradient scaler).
-    Deterministic under ``seed`` on CPU.
+    Deterministic under ``seed`` on CPU. The data set is moved to the model's device once, so it must
+    fit there (use :class:`AdversarialBatch` in your own loop for data that streams from a loader).
     """
 
     def __init__(self, method: str = "pgd", *, norm: str = "linf", eps: float = 0.3, steps: int = 7,
