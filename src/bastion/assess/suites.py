@@ -123,6 +123,8 @@ def build_attack(name: str, norm: str, *, steps: int | None = None, seed: int = 
         kw["n_target_classes"] = _targets(num_classes) if key == "fab-t" else 0
         return ev.FAB(norm=norm, **kw)
     if key == "cw":
+        if norm != "l2":
+            raise InputError("norm", norm, "'l2' for the Carlini-Wagner L2 attack")
         return ev.CarliniWagnerL2(**kw)
     if key == "deepfool":
         return ev.DeepFool(norm=norm, **kw)

@@ -1,0 +1,145 @@
+"""Robustness evaluation: Bastion's ``evaluate`` against torchattacks' and ART's AutoAttack.
+
+    .venv/bin/python bench/evaluate.py --n 100 --eps 0.2 --out /tmp/evaluate.json
+
+One adversarially trained (PGD-AT) SmallCNN on the 8x8 digits, the first ``--n`` test digits, one L-inf
+epsilon at which the model is partly broken. Each evaluator reports robust accuracy (lower is a stronger
+evaluation) and its time; PGD-20 is the baseline every evaluator must beat. Our bar: robust accuracy no
+higher than standard AutoAttack's, in a quarter of its time.
+
+- Bastion: ``bn.evaluate(..., suite="standard", checks=False)`` (and once more with the masking checks on,
+  to show what they cost);
+- torchattacks: ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square 5000), if importable;
+- ART: ``AutoAttack`` with its default members (APGD-CE and APGD-DLR with 5 restarts, DeepFool, Square
+  5000), if ``--art`` is given (slow on a CPU).
+
+Wall and process CPU time are both reported (the development machine is shared; CPU time is what the
+neighbours' load does not inflate). Prints one Markdown row; all figures go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import bastion as bn
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def _robust(model: nn.Module, x_adv: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x_adv).argmax(1) == y).float().mean())
+
+
+def train_robust(eps: float, epochs: int, width: int, seed: int) -> nn.Module:
+    data = bn.datasets.digits()
+    torch.manual_seed(seed)
+    trainer = bn.defenses.AdversarialTrainer("pgd", eps=eps, steps=7, epochs=epochs, seed=seed, val_fraction=0.0)
+    trainer.fit(bn.zoo.SmallCNN(1, 10, 8, width=width), data.x_train, data.y_train)
+    model: nn.Module = trainer.model_
+    return model.eval()
+
+
+def run_bastion(model: nn.Module, x: Tensor, y: Tensor, eps: float, suite: str, checks: bool) -> dict[str, Any]:
+    res, wall, cpu = _timed(lambda: bn.evaluate(model, x, y, epsilons=[eps], suite=suite, checks=checks,
+                                                keep_examples=0))
+    return {"robust_accuracy": res.robust_accuracy[0], "clean_accuracy": res.clean_accuracy, "wall_s": wall,
+            "cpu_s": cpu, "per_attack": [a.to_dict() for a in res.attacks],
+            "findings": [f.check for f in res.findings]}
+
+
+def run_pgd20(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
+    res, wall, cpu = _timed(lambda: bn.attacks.PGD(norm="linf", steps=20)(model, x, y, epsilons=[eps]))
+    return {"robust_accuracy": 1.0 - res.success_rate[0], "wall_s": wall, "cpu_s": cpu}
+
+
+def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
+    try:
+        import torchattacks
+    except Exception as exc:  # torchattacks imports torchvision-free here, but report any failure
+        return {"error": f"cannot import torchattacks: {exc}"}
+    atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=seed)
+    adv, wall, cpu = _timed(lambda: atk(x, y))
+    return {"robust_accuracy": _robust(model, adv, y), "wall_s": wall, "cpu_s": cpu,
+            "version": getattr(torchattacks, "__version__", "?")}
+
+
+def run_art(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
+    import numpy as np
+    from art.attacks.evasion import AutoAttack
+    from art.estimators.classification import PyTorchClassifier
+
+    clf = PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
+                            clip_values=(0.0, 1.0), device_type="cpu")
+    atk = AutoAttack(clf, norm=np.inf, eps=eps, eps_step=eps / 4, batch_size=x.shape[0])
+    adv, wall, cpu = _timed(lambda: atk.generate(x.numpy(), y=y.numpy()))
+    return {"robust_accuracy": _robust(model, torch.from_numpy(adv), y), "wall_s": wall, "cpu_s": cpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100, help="test digits evaluated")
+    ap.add_argument("--eps", type=float, default=0.2, help="L-inf budget for training and evaluation")
+    ap.add_argument("--train-eps", type=float, default=None, help="PGD-AT budget (default: --eps)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--suite", default="standard")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--art", action="store_true", help="also run ART's default AutoAttack (slow)")
+    ap.add_argument("--no-torchattacks", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, train_wall, _ = _timed(lambda: train_robust(args.train_eps or args.eps, args.epochs, args.width, args.seed))
+    data = bn.datasets.digits()
+    x, y = data.x_test[:args.n], data.y_test[:args.n]
+    out: dict[str, Any] = {
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
+        "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "n": args.n,
+        "eps": args.eps, "train_eps": args.train_eps or args.eps, "epochs": args.epochs, "train_wall_s": train_wall,
+        "pgd20": run_pgd20(model, x, y, args.eps),
+        "bastion": run_bastion(model, x, y, args.eps, args.suite, checks=False),
+        "bastion_with_checks": run_bastion(model, x, y, args.eps, args.suite, checks=True),
+    }
+    if not args.no_torchattacks:
+        out["torchattacks"] = run_torchattacks(model, x, y, args.eps, args.seed)
+    if args.art:
+        out["art"] = run_art(model, x, y, args.eps)
+    text = json.dumps(out, indent=2)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    else:
+        print(text)
+
+    def cell(key: str) -> str:
+        r = out.get(key)
+        if not r:
+            return "not run"
+        if "error" in r:
+            return r["error"]
+        return f"{100 * r['robust_accuracy']:.1f} % in {r['cpu_s']:.1f} s CPU ({r['wall_s']:.1f} s wall)"
+
+    print(f"| evaluate, digits SmallCNN PGD-AT, L-inf ε={args.eps}, n={args.n} | Bastion {args.suite}: "
+          f"{cell('bastion')} | torchattacks AA: {cell('torchattacks')} | ART AA: {cell('art')} | "
+          f"PGD-20: {cell('pgd20')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
