@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bastion.attacks.evasion.base import PRECISIONS, autocast
+from bastion.attacks.evasion.base import PRECISIONS, autocast, is_adversarial
 from bastion.core.adapters import Model
 from bastion.errors import InputError
 
@@ -98,3 +98,19 @@ def check_precision(precision: str) -> str:
 def take(state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
     """Keep only ``rows`` of every per-example tensor in an attack's working state."""
     return {k: v[rows] for k, v in state.items()}
+
+
+def shrink_toward(net: Model, x: Tensor, adv: Tensor, y: Tensor, target: Tensor | None,
+                  steps: int = 10) -> Tensor:
+    """Bisect on the segment from ``x`` to ``adv`` for the adversarial point closest to ``x``.
+
+    ``adv`` rows that are not adversarial come back unchanged. Costs ``steps`` forward passes.
+    """
+    lo_t = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)  # known benign fraction
+    hi_t = torch.ones_like(lo_t)  # known adversarial fraction
+    for _ in range(steps):
+        mid = (lo_t + hi_t) / 2
+        ok = is_adversarial(logits_of(net, x + bcast(mid, x) * (adv - x)).argmax(dim=1), y, target)
+        hi_t = torch.where(ok, mid, hi_t)
+        lo_t = torch.where(ok, lo_t, mid)
+    return x + bcast(hi_t, x) * (adv - x)
