@@ -220,3 +220,19 @@ def test_square_matches_or_beats_art(digits: bn.datasets.Dataset, logreg: Logist
     ours = res.success_rate[0]
     assert ours >= art_rate - 0.05
     assert res.queries <= spent[0]
+
+
+def test_targeted_square_and_hopskipjump(digits_flat: bn.datasets.Dataset, logreg: LogisticRegression) -> None:
+    m = bn.wrap(logreg)
+    x, y = digits_flat.x_test[:30], digits_flat.y_test[:30]
+    tgt = (y + 1) % 10
+    base = float((m.predict(x) == tgt).float().mean())
+    sq = Square("linf", queries=300)(m, x, y, epsilons=0.2, target=tgt)
+    _, adv, success = sq
+    assert torch.equal(success, m.predict(adv) == tgt)
+    assert float(success.float().mean()) > base + 0.3
+    # HopSkipJump starts from batch members the model already puts in the target class.
+    hsj = HopSkipJump("l2", queries=1000, steps=10)(m, x, y, epsilons=[1.0, 3.0], target=tgt)
+    assert torch.equal(hsj.success[1], m.predict(hsj.clipped[1]) == tgt)
+    assert hsj.success_rate[1] > 0.9
+    assert hsj.success_rate[0] <= hsj.success_rate[1]
