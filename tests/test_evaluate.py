@@ -149,3 +149,19 @@ def test_not_weaker_than_art_autoattack(result: bn.assess.EvaluationResult, digi
     x_adv = aa.generate(x.numpy(), y=y.numpy())
     art_robust = float((clf.predict(x_adv).argmax(1) == y.numpy()).mean())
     assert result.robust_accuracy_at(eps) <= art_robust + 1e-6
+
+
+def test_scores_only_model_gets_blackbox_attacks(digits: bn.datasets.Dataset) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    flat = bn.datasets.digits(flatten=True)
+    clf = LogisticRegression(max_iter=200).fit(flat.x_train.numpy(), flat.y_train.numpy())
+    x, y = flat.x_test[:16], flat.y_test[:16]
+    res = bn.evaluate(clf, x, y, epsilons=[0.1], suite="fast", keep_examples=0)
+    assert [a.name for a in res.attacks] == ["Square"]
+    assert any("APGD-CE: skipped" in note for note in res.settings["skipped"])
+    assert [f.check for f in res.findings] == ["blackbox_only"]
+    # Square's adversarials are real: the scikit-learn model misclassifies every one counted broken.
+    broken = torch.isfinite(res.broken_eps) & res.correct
+    assert broken.any()
+    assert (torch.from_numpy(clf.predict(res.x_adv[broken].numpy())) != y[broken]).all()

@@ -95,6 +95,11 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
 
     findings: list[Finding] = [Finding("attack_unavailable", "warning", note, {}) for note in notes
                                if note.startswith("unavailable")]
+    if not any(s.family == "white-box" for s, _ in attacks):
+        findings.append(Finding("blackbox_only", "info",
+                                "no gradient attack could run on this model, so robust accuracy comes from black-box "
+                                "attacks alone and is an upper bound; evaluate a differentiable copy (PyTorch) for a "
+                                "tighter one", {"skipped": notes}))
     t_checks = 0.0
     if checks:
         if progress is not None:
@@ -194,6 +199,13 @@ class _Ensemble:
                 notes.append(f"unavailable: {spec.name} could not be built ({exc}); the evaluation is weaker")
                 continue
             out.append((spec, att))
+        if not out and Capability.SCORES not in self.model.capabilities and self.norm.name in ("l2", "linf"):
+            # A labels-only model (an endpoint returning classes) still meets a decision-based attack.
+            from bastion.attacks.evasion import HopSkipJump
+
+            spec = AttackSpec("HopSkipJump", "black-box", Capability.LABELS, lambda *_: HopSkipJump(self.norm.name))
+            notes.append("HopSkipJump: added, the model returns labels only")
+            out.append((spec, HopSkipJump(norm=self.norm.name, seed=self.seed, batch_size=self.batch_size)))
         if not out:
             raise InputError("suite", [s.name for s in specs],
                              f"at least one attack usable on a model offering {self.model.capabilities.describe()} "
