@@ -21,6 +21,8 @@ from bastion.core.adapters import Capability, Model
 
 #: rows per call to the model while probing (bounds memory; the adapters batch further if they need to)
 _PROBE_CHUNK = 8192
+#: most numbers held at once in the probe tensor (examples x probes x features): about 128 MiB in fp32
+_PROBE_ELEMENTS = 2**25
 #: the first probe radius, as a fraction of the input range (the paper's choice before a distance exists)
 _FIRST_PROBE = 0.1
 #: the geometric step-size search halves at most this many times before giving up on a step
@@ -165,7 +167,16 @@ class _Search:
         return start, found & ~clean_adv
 
     def estimate_direction(self, idx: Tensor, point: Tensor, radius: Tensor, n_probes: int) -> Tensor:
-        """Monte-Carlo estimate of the boundary normal at ``point`` (pointing into the adversarial side)."""
+        """Monte-Carlo estimate of the boundary normal at ``point`` (pointing into the adversarial side).
+
+        Examples are taken in groups so the probe tensor stays under ``_PROBE_ELEMENTS`` numbers.
+        """
+        group = max(1, _PROBE_ELEMENTS // (n_probes * self.d))
+        parts = [self._direction(idx[i:i + group], point[i:i + group], radius[i:i + group], n_probes)
+                 for i in range(0, idx.numel(), group)]
+        return torch.cat(parts)
+
+    def _direction(self, idx: Tensor, point: Tensor, radius: Tensor, n_probes: int) -> Tensor:
         shape = point.shape[1:]
         if self.linf:
             u = torch.rand((idx.numel(), n_probes, *shape), device=point.device, dtype=point.dtype) * 2 - 1
