@@ -86,6 +86,16 @@ def _classify_zip(names: list[str]) -> frozenset[str]:
     return frozenset(hints)
 
 
+def opens_as_zip(data: memoryview) -> bool:
+    """True when Python's zipfile finds a central directory (used for blobs without a zip header)."""
+    try:
+        with zipfile.ZipFile(MemFile(data)):
+            return True
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
+            NotImplementedError, UnicodeDecodeError, KeyError):
+        return False
+
+
 def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | None:
     try:
         with zipfile.ZipFile(MemFile(data)) as zf:
@@ -99,25 +109,48 @@ def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | Non
                    i.CRC) for i in infos]
 
 
-def _walk_local(data: memoryview, start: int = 0) -> list[_Entry]:
-    """Follow local headers from ``start`` while they chain (what a streaming zip reader sees)."""
-    out: list[_Entry] = []
+def find(data: memoryview, sig: bytes, start: int) -> int:
+    """Offset of ``sig`` in ``data`` at or after ``start`` (-1 if absent), reading 1 MiB at a time."""
+    step = 1 << 20
     pos = start
+    while pos < len(data):
+        chunk = bytes(data[pos:pos + step + len(sig) - 1])
+        idx = chunk.find(sig)
+        if idx >= 0:
+            return pos + idx
+        pos += step
+    return -1
+
+
+def _walk_local(data: memoryview, known: dict[int, _Entry]) -> list[_Entry]:
+    """Follow local headers from offset 0 while they chain (what a streaming zip reader sees).
+
+    Sizes come from the central directory for the entries it lists; an entry it does not list and whose
+    sizes sit in a data descriptor is bounded by the next local header.
+    """
+    out: list[_Entry] = []
+    pos = 0
     while pos + 30 <= len(data) and bytes(data[pos:pos + 4]) == _LOCAL:
         _sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL_FMT.unpack(
             bytes(data[pos:pos + 30]))
         name = bytes(data[pos + 30:pos + 30 + nlen]).decode("utf-8", "replace")
         body = pos + 30 + nlen + xlen
-        if flags & 0x08 and csize == 0:
-            # sizes live in a data descriptor after the data: find the next header to bound it
-            nxt = bytes(data[body:]).find(_LOCAL)
-            if nxt < 0:
-                nxt = len(data) - body
-            csize = nxt
-        out.append(_Entry(name, pos, method, flags, csize, usize, crc, in_directory=False))
+        listed = known.get(pos)
+        if listed is not None:
+            csize = listed.csize
+        elif flags & 0x08 and csize == 0:
+            nxt = find(data, _LOCAL, body)
+            csize = (nxt if nxt >= 0 else len(data)) - body
+        if listed is None:
+            out.append(_Entry(name, pos, method, flags, csize, usize, crc, in_directory=False))
         pos = body + csize
-        if flags & 0x08 and bytes(data[pos:pos + 4]) == b"PK\x07\x08":
-            pos += 16
+        if flags & 0x08:
+            # optional descriptor signature, then CRC and sizes (zip64 descriptors are 8 bytes longer)
+            if bytes(data[pos:pos + 4]) == b"PK\x07\x08":
+                pos += 4
+            pos += 12
+            if bytes(data[pos:pos + 4]) != _LOCAL and bytes(data[pos + 8:pos + 12]) == _LOCAL:
+                pos += 8
     return out
 
 
@@ -179,12 +212,10 @@ def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memo
 
 def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
     entries = _directory(ctx, data, inner)
-    walked = _walk_local(data, 0)
     if entries is None:
-        entries = walked
+        entries = _walk_local(data, {})
     else:
-        known = {e.offset for e in entries}
-        hidden = [e for e in walked if e.offset not in known]
+        hidden = _walk_local(data, {e.offset: e for e in entries})
         for e in hidden:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, ctx.member(inner, e.name), "",
                      f"local header at offset 0x{e.offset:x} is missing from the central directory "
@@ -286,20 +317,20 @@ def scan_xz(ctx: Context, data: memoryview, inner: str, depth: int, hints: froze
                  b"\xfd7zXZ\x00")
 
 
-def scan_lzma(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+def scan_lzma(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
     # the legacy .lzma format has a 3-byte hint of a header: if it does not decode, treat it as unknown
     try:
         out = ctx.inflate(lzma.LZMADecompressor(lzma.FORMAT_ALONE), data, inner)
     except lzma.LZMAError:
         from bastion.scan.engine import scan_maybe_pickle
 
-        scan_maybe_pickle(ctx, data, inner, depth, hints)
-        return
+        return scan_maybe_pickle(ctx, data, inner, depth, hints)
     if out is None:
-        return
+        return None
     if not out.complete:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "lzma stream is truncated; scanned what it held")
     ctx.scan(out.data, inner, depth + 1, hints)
+    return None
 
 
 def scan_joblib_zf(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:

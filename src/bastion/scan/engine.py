@@ -23,6 +23,8 @@ NO_HINTS: frozenset[str] = frozenset()
 _SNIFF_BYTES = 1024
 _CHUNK = 1 << 20
 _STORAGE_PROBE_OPCODES = 100_000
+#: formats recognised from two or three bytes, or from a plausible length field
+_WEAK_KINDS = frozenset({"zlib", "lzma", "onnx", "safetensors", "pickle", "joblib-zf"})
 
 
 @dataclass
@@ -75,10 +77,15 @@ class Context:
                       "not scanned")
             return "too-deep"
         kind = sniff(bytes(mv[:_SNIFF_BYTES]), len(mv))
+        if "storage" in hints and kind in _WEAK_KINDS:
+            # raw tensor bytes match weak signatures by chance: only a pickle probe is worth it there
+            kind = "maybe-pickle"
         handler = _handlers().get(kind)
-        if handler is not None:
-            handler(self, mv, inner, depth, hints)
-        return kind
+        if handler is None:
+            return kind
+        # handlers of weakly sniffed formats return what the blob turned out to be
+        found: str | None = handler(self, mv, inner, depth, hints)
+        return found or kind
 
     def pickle_stream(self, data: memoryview | bytes, inner: str, depth: int, *, torch_context: bool = False,
                       max_pickles: int | None = None, probe: bool = False,
@@ -157,7 +164,7 @@ def scan_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: f
     trailing(ctx, data, res.end, inner, depth, "pickle")
 
 
-def scan_maybe_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+def scan_maybe_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str:
     storage = "storage" in hints
     # tensor bytes can be long runs of valid opcodes: give up on them early instead of playing them all
     res = ctx.pickle_stream(data, inner, depth, probe=True, torch_context="torch" in hints,
@@ -165,8 +172,8 @@ def scan_maybe_pickle(ctx: Context, data: memoryview, inner: str, depth: int, hi
                             max_opcodes=_STORAGE_PROBE_OPCODES if storage else None)
     if res.is_pickle:
         trailing(ctx, data, res.end, inner, depth, "pickle")
-    else:
-        scan_unknown(ctx, data, inner, depth, hints)
+        return "pickle"
+    return scan_unknown(ctx, data, inner, depth, hints)
 
 
 def trailing(ctx: Context, data: memoryview, end: int, inner: str, depth: int, fmt: str) -> None:
@@ -176,7 +183,9 @@ def trailing(ctx: Context, data: memoryview, end: int, inner: str, depth: int, f
     rest = data[end:]
     kind = sniff(bytes(rest[:_SNIFF_BYTES]), len(rest))
     if kind in ("unknown", "maybe-pickle"):
-        if _has_zip_end(rest):
+        from bastion.scan.archives import opens_as_zip
+
+        if _has_zip_end(rest) and opens_as_zip(rest):
             kind = "zip"
         else:
             return
@@ -190,12 +199,17 @@ def _has_zip_end(data: memoryview) -> bool:
     return b"PK\x05\x06" in tail
 
 
-def scan_unknown(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
-    # an unrecognised blob may still be a zip with data in front (zip readers look at the end)
-    if len(data) >= 22 and _has_zip_end(data):
-        from bastion.scan.archives import scan_zip
+def scan_unknown(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str:
+    # an unrecognised blob may still be a zip with data in front (zip readers look at the end); tensor
+    # storages are raw numbers, and four bytes of end-of-directory signature there mean nothing
+    if "storage" in hints or len(data) < 22 or not _has_zip_end(data):
+        return "unknown"
+    from bastion.scan.archives import opens_as_zip, scan_zip
 
+    if opens_as_zip(data):
         scan_zip(ctx, data, inner, depth, hints)
+        return "zip"
+    return "unknown"
 
 
 def scan_torch_legacy(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
@@ -206,18 +220,18 @@ def scan_torch_legacy(ctx: Context, data: memoryview, inner: str, depth: int, hi
                  f"legacy PyTorch checkpoint holds {res.pickles} of its 5 pickles; truncated or corrupt")
 
 
-def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
     # two bytes of zlib header are weak evidence: if it does not inflate, it may be a protocol-0 pickle
     try:
         out = ctx.inflate(zlib.decompressobj(), data, inner)
     except zlib.error:
-        scan_maybe_pickle(ctx, data, inner, depth, hints)
-        return
+        return scan_maybe_pickle(ctx, data, inner, depth, hints)
     if out is None:
-        return
+        return None
     if not out.complete:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
     ctx.scan(out.data, inner, depth + 1, hints)
+    return None
 
 
 _HANDLER_CACHE: dict[str, Any] = {}

@@ -65,7 +65,7 @@ def bad_location(location: str) -> str | None:
     return None
 
 
-def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -74,11 +74,9 @@ def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
         model.ParseFromString(bytes(data))
     except (DecodeError, ValueError, RuntimeError):
         # three bytes of protobuf header are weak evidence: not ONNX after all
-        scan_unknown(ctx, data, inner, depth, hints)
-        return
+        return scan_unknown(ctx, data, inner, depth, hints)
     if not model.HasField("graph") and not model.opset_import:
-        scan_unknown(ctx, data, inner, depth, hints)
-        return
+        return scan_unknown(ctx, data, inner, depth, hints)
     tensors = list(_graph_tensors(model.graph, ""))
     for fn in model.functions:
         for node in fn.node:
@@ -108,3 +106,4 @@ def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
             ctx.emit("BASTION-ONNX-CUSTOM-DOMAIN", Severity.HIGH, inner, where,
                      f"operator domain {domain!r} is not a standard one; running the model needs a native "
                      "custom-operator library")
+    return None
