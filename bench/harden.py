@@ -82,14 +82,15 @@ def robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> di
     return {"clean_accuracy": clean, "robust_accuracy_pgd20": 1.0 - float(success.float().mean())}
 
 
-def timed(fn: Callable[[], nn.Module], device: str) -> tuple[nn.Module, float]:
+def timed(fn: Callable[[], nn.Module], device: str) -> tuple[nn.Module, float, float]:
+    """Wall seconds and this process's CPU seconds (the fairer figure on a loaded, shared CPU)."""
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return model, time.perf_counter() - t0
+    return model, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,20 +141,25 @@ def main(argv: list[str] | None = None) -> int:
     plain_pgd_at(copy.deepcopy(init), x[:256], y[:256], seed=0, **{**common, "epochs": 1})
     results: dict[str, Any] = {}
     times: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     models: dict[str, nn.Module] = {}
     for _ in range(args.repeats):
         # Round-robin, so a burst of load on a shared machine does not land on one contender only.
         for name, fn in contenders.items():
-            models[name], seconds = timed(fn, dev)
+            models[name], seconds, cpu_seconds = timed(fn, dev)
             times[name].append(seconds)
+            cpu[name].append(cpu_seconds)
     for name in contenders:
         seconds = float(np.median(times[name]))
         results[name] = {"total_s": seconds, "per_epoch_s": seconds / args.epochs, "runs_s": times[name],
+                         "cpu_s": float(np.median(cpu[name])),
                          **robust(models[name], xt, yt, args.eps)}
         print(f"{name}: {seconds:.2f} s, {results[name]}", file=sys.stderr)
     floor = results["plain_loop_fp32"]["total_s"]
+    cpu_floor = results["plain_loop_fp32"]["cpu_s"]
     for r in results.values():
         r["vs_plain_loop"] = r["total_s"] / floor
+        r["cpu_vs_plain_loop"] = r["cpu_s"] / cpu_floor
     device_name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({platform.processor() or 'x86'}, " \
                                                                      f"{args.threads} thread(s))"
     command = "python bench/harden.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(payload, fh, indent=2)
-    figures = "; ".join(f"{k}: {v['total_s']:.1f} s ({v['vs_plain_loop']:.2f}x plain), "
+    figures = "; ".join(f"{k}: {v['total_s']:.1f} s wall ({v['vs_plain_loop']:.2f}x plain), "
+                        f"{v['cpu_s']:.1f} s CPU ({v['cpu_vs_plain_loop']:.2f}x), "
                         f"clean {v['clean_accuracy']:.3f}, PGD-20 {v['robust_accuracy_pgd20']:.3f}"
                         for k, v in results.items())
     print(f"| {dt.date.today()} | harden (PGD-{args.steps} AT, SmallCNN w{args.width}, digits, eps {args.eps}, "
