@@ -84,7 +84,12 @@ class Context:
         if handler is None:
             return kind
         # handlers of weakly sniffed formats return what the blob turned out to be
-        found: str | None = handler(self, mv, inner, depth, hints)
+        try:
+            found: str | None = handler(self, mv, inner, depth, hints)
+        except (Exception, MemoryError) as exc:  # fail closed on anything a parser raises
+            self.emit("BASTION-PARSE", Severity.HIGH, inner, "",
+                      f"{kind} could not be parsed ({type(exc).__name__}: {exc}); not called clean")
+            return kind
         return found or kind
 
     def pickle_stream(self, data: memoryview | bytes, inner: str, depth: int, *, torch_context: bool = False,

@@ -621,6 +621,7 @@ class Machine:
             if not res.complete:
                 raise PickleError(f"joblib object array: {res.error}")
             return
+        region = self.r.tell()
         if state.get("numpy_array_alignment_bytes") is not None:
             pad = self.r.read(1)
             if len(pad) != 1:
@@ -630,7 +631,17 @@ class Machine:
         start = self.r.tell()
         if start + size > len(self.r):
             raise PickleError(f"joblib array of {size} bytes runs past the end of the data")
+        self._probe_skipped(region, start + size)
         self.r.seek(start + size)
+
+    def _probe_skipped(self, start: int, end: int) -> None:
+        """joblib steps over array bytes, but plain pickle.load would read them as opcodes: probe them."""
+        res = analyze_stream(self.r.mv[start:end], self.policy, probe=True, evidence_opcodes=None,
+                             max_opcodes=100_000, cache=self.cache, max_pickles=1)
+        if res.is_pickle:
+            label = f"{self.label}joblib array data at 0x{start:x}, "
+            self.extra.extend((r, sev, f"{label}{w}", f"{m} (read as opcodes by plain pickle.load)", g)
+                              for r, sev, w, m, g in res.findings)
 
     def op_persid(self, arg: Any) -> None:
         self._persid(Const(arg))
