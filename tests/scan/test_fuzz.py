@@ -131,7 +131,7 @@ def _npy_parses(data: bytes) -> bool:
 
 def _safetensors_parses(data: bytes) -> bool:
     try:
-        from safetensors.numpy import load
+        from safetensors.torch import load  # the torch loader: NumPy has no bfloat16
 
         load(data)
         return True
