@@ -356,3 +356,18 @@ def test_folder_scan(tmp_path: Path, net: torch.nn.Module) -> None:
     assert report.files_scanned == 3 and not report.errors
     assert {f.path for f in report.findings} == {str(tmp_path / "sub" / "weights.txt")}
     assert not report.is_clean()
+
+
+def test_zstd_stream() -> None:
+    zstd = pytest.importorskip("backports.zstd")
+    assert_clean(zstd.compress(pickle.dumps({"a": [1, 2]})))
+    assert_flagged(zstd.compress(pickle.dumps(RunsSystem())), "BASTION-PICKLE-DANGEROUS")
+
+
+def test_symlinked_file_in_a_folder_is_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(pickle.dumps(RunsSystem()))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "pytorch_model.bin").symlink_to(outside)
+    assert "BASTION-PICKLE-DANGEROUS" in rules(scan_path(model_dir).findings)

@@ -74,7 +74,8 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
                 dirnames.sort()
                 for fname in sorted(filenames):
                     full = Path(dirpath) / fname
-                    if full.is_file() and not full.is_symlink():
+                    # symlinked files are followed: a loader would read their targets too
+                    if full.is_file():
                         yield full
         else:
             yield root

@@ -26,6 +26,7 @@ _LOCAL_FMT = struct.Struct("<4sHHHHHIIIHH")
 #: raw tensor bytes in a PyTorch archive (archive/data/0, ...): torch never unpickles these
 _STORAGE_NAME = re.compile(r"(^|/)data/\d+$")
 _STORAGE = frozenset({"storage"})
+_ZIP_ZSTD = 93
 _NORMAL_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # compression options, data descriptor, UTF-8 names
 
 
@@ -189,6 +190,8 @@ def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memo
             out = ctx.inflate(zlib.decompressobj(-15), raw, where)
         elif e.method == zipfile.ZIP_BZIP2:
             out = ctx.inflate(bz2.BZ2Decompressor(), raw, where)
+        elif e.method == _ZIP_ZSTD and _zstd_decompressor() is not None:
+            out = ctx.inflate(_zstd_decompressor(), raw, where)
         elif e.method == zipfile.ZIP_LZMA:
             # zip's LZMA: 2 version bytes, 2-byte properties size, the properties, then raw LZMA1
             psize = int.from_bytes(bytes(raw[2:4]), "little")
@@ -199,7 +202,7 @@ def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memo
             ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
                      f"compression method {e.method} is not supported by the scanner; member not scanned")
             return None
-    except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as exc:
+    except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError, RuntimeError) as exc:
         ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
                  f"member does not decompress ({exc}); not scanned")
         return None
@@ -287,7 +290,7 @@ def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: 
         d = make() if callable(make) else make
         try:
             out = ctx.inflate(d, data[pos:], inner)
-        except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as exc:
+        except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError, RuntimeError) as exc:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is corrupt ({exc})")
             return
         if out is None:
@@ -367,6 +370,26 @@ def scan_lz4(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         return
     if out is not None:
         ctx.scan(out.data, inner, depth + 1, hints)
+
+
+def _zstd_decompressor() -> object | None:
+    """A Zstandard decompressor from the standard library (3.14+) or backports.zstd, if installed."""
+    import importlib
+
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            return importlib.import_module(name).ZstdDecompressor()
+        except ImportError:
+            continue
+    return None
+
+
+def scan_zstd(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    if _zstd_decompressor() is None:
+        ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, inner, "",
+                 "Zstandard-compressed data; install backports.zstd (Python < 3.14) to scan it")
+        return
+    _scan_stream(ctx, data, inner, depth, hints, "zstd", _zstd_decompressor, b"\x28\xb5\x2f\xfd")
 
 
 def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:

@@ -260,6 +260,7 @@ def _handlers() -> dict[str, Any]:
             "lzma": archives.scan_lzma,
             "7z": archives.scan_7z,
             "lz4": archives.scan_lz4,
+            "zstd": archives.scan_zstd,
             "joblib-zf": archives.scan_joblib_zf,
             "npy": formats.scan_npy,
             "hdf5": formats.scan_hdf5,

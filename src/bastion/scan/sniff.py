@@ -12,7 +12,7 @@ _OPCODE_BYTES = frozenset(op.code.encode("latin-1") for op in pickletools.opcode
 _ONNX_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA})
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
-STRONG_COMPRESSION = ("gzip", "bz2", "xz", "7z", "lz4")
+STRONG_COMPRESSION = ("gzip", "bz2", "xz", "7z", "lz4", "zstd")
 
 
 def _is_zlib(head: bytes) -> bool:
@@ -22,7 +22,7 @@ def _is_zlib(head: bytes) -> bool:
 def sniff(head: bytes, size: int) -> str:
     """Format of a blob from its first bytes (``head``, at least 512 when the blob is that long).
 
-    Returns one of: zip, tar, gzip, bz2, xz, 7z, lz4, zlib, lzma, npy, hdf5, safetensors, torch-legacy,
+    Returns one of: zip, tar, gzip, bz2, xz, 7z, lz4, zstd, zlib, lzma, npy, hdf5, safetensors, torch-legacy,
     pickle, onnx, maybe-pickle (first byte is a pickle opcode: probe it), joblib-zf, unknown.
     """
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
@@ -37,6 +37,8 @@ def sniff(head: bytes, size: int) -> str:
         return "7z"
     if head[:4] == b"\x04\x22\x4d\x18":
         return "lz4"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
     if head[:6] == b"\x93NUMPY":
         return "npy"
     if head[:8] == HDF5_MAGIC:
