@@ -18,28 +18,10 @@ from . import benign, malicious
 
 #: (bypass class -> why) where the scanner reports the file at HIGH (blocked by the default threshold)
 #: but not at CRITICAL although the payload runs code; each is a denylist entry the scanner still lacks
-KNOWN_NOT_CRITICAL: dict[str, str] = {
-    "pkgutil_resolve_name": "pkgutil.resolve_name turns any string into any callable (GHSA-vvpj-8cmc-gx39)",
-    "idlelib_pyshell_runcode": "idlelib.* runs code",
-    "idlelib_autocomplete": "idlelib.* evaluates expressions",
-    "idlelib_debugobj": "idlelib.* evaluates expressions",
-    "lib2to3_make_label": "lib2to3.pgen2.pgen.ParserGenerator.make_label evals",
-    "pydoc_pipepager": "pydoc.pipepager runs a shell command",
-    "pyrepl_pager": "_pyrepl.pager.pipe_pager runs a shell command",
-    "uuid_command": "uuid._get_command_stdout runs a command",
-    "osx_support": "_osx_support._read_output runs a command",
-    "aix_support": "_aix_support._read_cmd_output runs a command",
-    "doctest_debug_script": "doctest.debug_script execs source",
-    "logging_filehandler": "logging.FileHandler creates/truncates files",
-    "subinterpreters": "_interpreters.run_string runs source",
-    "torch_config_module": "torch.utils._config_module loads a pickle / execs",
-}
+KNOWN_NOT_CRITICAL: dict[str, str] = {}  # all fixed by the scanner (pkgutil, idlelib, pydoc, uuid...)
 
 #: (bypass class -> why) files the scanner does not flag at HIGH at all
-KNOWN_MISSES: dict[str, str] = {
-    "safetensors_header_size": "a header length beyond the limit (or the file) is not sniffed as safetensors, "
-                               "so the file is 'unknown' and reported clean",
-}
+KNOWN_MISSES: dict[str, str] = {}  # none left: the oversized safetensors header is sniffed now
 
 #: modules a payload names that nothing in the test run imports otherwise: generating must not import them
 NEVER_IMPORTED = ("idlelib.run", "_pyrepl.pager", "ensurepip", "venv", "lib2to3", "_osx_support", "imaplib",

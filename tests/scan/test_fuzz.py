@@ -161,14 +161,14 @@ def _keeps_magic(kind: str, data: bytes) -> bool:
 #: - a FRAME whose length runs past the data (pickle: "pickle data was truncated")
 #: - type errors the symbolic machine does not model (SETITEMS on an int)
 #: - .npy headers with misspelt or extra keys (np.load: "Header does not contain the correct keys")
-#: - safetensors whose 8-byte header length no longer matches the JSON
+#: - safetensors whose 8-byte header length runs past the file, when the header is not JSON either
 KNOWN_PARSE_GAPS: dict[str, str] = {
     "pickle_benign_p2": "unsupported PROTO / type errors",
     "pickle_benign_p5": "FRAME length past the data",
     "pickle_evil_p2": "unsupported PROTO",
     "pickle_evil_p4": "unsupported PROTO",
     "npy": "npy header keys not validated",
-    "safetensors": "a header length of 0 (or one that ends before the JSON does) is not sniffed as safetensors",
+    "safetensors": "a header length that runs past the file with a non-JSON header is not sniffed as safetensors",
 }
 
 
