@@ -58,6 +58,14 @@ def _optimizer_state(model: torch.nn.Module) -> dict[str, object]:
                               "differentiable": False, "fused": None, "params": list(range(len(params)))}]}
 
 
+def test_map_location_moves_every_tensor(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(3), "p": torch.nn.Parameter(torch.zeros(2)), "meta": [torch.arange(2)]},
+               tmp_path / "m.pt")
+    out = safe_load(tmp_path / "m.pt", map_location="meta")
+    assert out["w"].device.type == "meta" and out["meta"][0].device.type == "meta"
+    assert isinstance(out["p"], torch.nn.Parameter) and out["p"].device.type == "meta"
+
+
 def test_checkpoint_with_optimizer_and_parameters(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     opt = _optimizer_state(model)

@@ -347,12 +347,14 @@ def safe_load(path: str | Path, *, policy: Policy | None = None, map_location: A
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such model file")
     _refuse_on_scan(p, pol)
-    data = p.read_bytes()
+    with p.open("rb") as fh:
+        head = fh.read(4)
     try:
-        if data[:4] == b"PK\x03\x04":
+        if head == b"PK\x03\x04":
+            # zip members are read one at a time: a multi-gigabyte checkpoint is never held whole
             obj = _load_torch_zip(p, pol, weights_only)
         else:
-            data = _decompress(data, pol.limits.max_decompressed_bytes, p.name)
+            data = _decompress(p.read_bytes(), pol.limits.max_decompressed_bytes, p.name)
             if _is_legacy_torch(data):
                 obj = _load_torch_legacy(data, pol, weights_only, p.name)
             elif data[:1] == b"\x80" or data[:1] in (b"(", b"}", b"]", b"c", b"N"):
