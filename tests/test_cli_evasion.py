@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,18 @@ runner = CliRunner()
 N = 24
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny models run faster on one thread, and a shared machine is not oversubscribed; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, digits_cnn: nn.Module,
           digits: bn.datasets.Dataset) -> dict[str, Path]:
-    torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("cli")
     x, y = digits.x_test[:N], digits.y_test[:N]
     with warnings.catch_warnings():
@@ -113,7 +122,6 @@ def test_attack_writes_adversarials(files: dict[str, Path]) -> None:
 
 
 def test_demo_quick_writes_reports(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     out = tmp_path / "demo"
     code, stdout, _ = _run("demo", "--quick", "--out", out)
     assert code == 0, stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +17,15 @@ EPS = [0.05, 0.1]
 N_EVAL = 80
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny models run faster on one thread, and a shared machine is not oversubscribed; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def _tiny_suite() -> list[bn.attacks.Attack]:
     # A cheap ensemble for the masking tests: gradient attacks first, then a short black-box run.
     return [APGD(loss="ce", steps=20), APGD(loss="dlr", steps=20, n_target_classes=3), Square(queries=300)]
@@ -28,7 +38,6 @@ def data(digits: bn.datasets.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def result(digits_cnn: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> bn.assess.EvaluationResult:
-    torch.set_num_threads(1)
     x, y = data
     # Epsilons deliberately out of order: the result must keep the order given.
     return bn.evaluate(digits_cnn, x, y, norm="linf", epsilons=[EPS[1], EPS[0]], suite="fast", keep_examples=8)
@@ -106,7 +115,6 @@ class _Quantised(nn.Module):
 
 
 def test_masked_gradients_raise_findings(digits_cnn: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
-    torch.set_num_threads(1)
     x, y = data
     res = bn.evaluate(_Quantised(digits_cnn), x[:40], y[:40], epsilons=[0.1, 0.2], suite=_tiny_suite(),
                       keep_examples=0)
@@ -119,7 +127,6 @@ def test_masked_gradients_raise_findings(digits_cnn: nn.Module, data: tuple[torc
 
 
 def test_honest_linear_model_raises_none(digits: bn.datasets.Dataset) -> None:
-    torch.set_num_threads(1)
     linear = bn.zoo.train(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), digits.x_train, digits.y_train,
                           epochs=10, lr=1e-2, seed=0)
     x, y = digits.x_test[:40], digits.y_test[:40]

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,16 @@ import bastion as bn
 from bastion.assess.plots import largest_changes, robustness_curve_svg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny models run faster on one thread, and a shared machine is not oversubscribed; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def image_result(digits_cnn: nn.Module, digits: bn.datasets.Dataset) -> bn.assess.EvaluationResult:
-    torch.set_num_threads(1)
     # A cheap single-attack suite: the reports, not the attack strength, are under test here.
     return bn.evaluate(digits_cnn, digits.x_test[:30], digits.y_test[:30], norm="linf", epsilons=[0.2, 0.1],
                        epsilon_labels=["2/10", "0.1"], suite=["apgd-ce"], checks=False, keep_examples=4)
@@ -61,7 +69,6 @@ def test_html_is_self_contained(image_result: bn.assess.EvaluationResult, tmp_pa
 
 
 def test_html_lists_findings_and_tabular_changes(digits: bn.datasets.Dataset, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     flat = bn.datasets.digits(flatten=True)
     mlp = bn.zoo.train(bn.zoo.MLP(64, 10, hidden=(32,)), flat.x_train, flat.y_train, epochs=5, lr=1e-2, seed=0)
     res = bn.evaluate(mlp, flat.x_test[:20], flat.y_test[:20], norm="l2", epsilons=[1.5], suite=["fgsm"],
