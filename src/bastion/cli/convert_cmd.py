@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert a PyTorch checkpoint to safetensors without running code it carries.
 
-        The file is scanned and unpickled through an allowlist (tensors and plain containers only);
-        a refused file exits 1 naming what was refused, an unusable one exits 2.
+        The file is scanned, then unpickled through an allowlist (tensors and plain containers only).
+
+        Exit codes: 0 written, 1 refused (the refused global is named), 2 unusable input or output.
         """
         from safetensors.torch import save_file
 
