@@ -209,8 +209,10 @@ class FastReader(io.BytesIO):
 _FAST_READER_MAX = 256 * 1024**2
 
 
-def make_reader(data: bytes | memoryview, max_read: int) -> Reader | FastReader:
-    if len(data) <= _FAST_READER_MAX:
+def make_reader(data: bytes | memoryview, max_read: int, probe: bool = False) -> Reader | FastReader:
+    """The C-backed copy for known pickles up to 256 MiB; a zero-copy view for probes (most probes are
+    tensor bytes that stop parsing within a few opcodes) and for larger blobs."""
+    if len(data) <= _FAST_READER_MAX and not probe:
         return FastReader(data)
     return Reader(data, max_read=max_read)
 
@@ -784,17 +786,38 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
     joblib keep raw data there); bytes that do look like one are scanned like the first.
     """
     limits = policy.limits
-    reader = make_reader(data, limits.max_payload_bytes)
+    cache = cache if cache is not None else {}
+    args = (policy, torch_context, max_pickles, probe, nested, evidence_opcodes,
+            min(limits.max_opcodes, max_opcodes or limits.max_opcodes), cache)
+    if not probe and len(data) > _FAST_READER_MAX:
+        # big blobs (legacy checkpoints: pickles first, gigabytes of storage after) are played from a
+        # C-backed copy of their head; only if the pickles run past it is the whole blob read slowly
+        for size in _WINDOWS:
+            result, ran_out = _play(FastReader(memoryview(data)[:size]), *args)
+            if not ran_out:
+                return result
+    result, _ = _play(make_reader(data, limits.max_payload_bytes, probe=probe), *args)
+    return result
+
+
+_WINDOWS = (1024**2, 32 * 1024**2)
+
+
+def _play(reader: Reader | FastReader, policy: Policy, torch_context: bool, max_pickles: int | None,
+          probe: bool, nested: Nested | None, evidence_opcodes: int | None, max_opcodes: int,
+          cache: dict[tuple[str, str], Verdict]) -> tuple[StreamResult, bool]:
+    """The stream loop of :func:`analyze_stream`; also says whether a pickle ran into the reader's end."""
     findings: list[RawFinding] = []
     count = 0
     end = 0
     failed = False
-    cache = cache if cache is not None else {}
+    ran_out = False
     while reader.tell() < len(reader) and (max_pickles is None or count < max_pickles):
         start = reader.tell()
         label = f"pickle {count + 1}, " if count else ""
         machine = Machine(reader, policy, torch_context=torch_context, nested=nested, cache=cache, label=label)
-        res = machine.run(min(limits.max_opcodes, max_opcodes or limits.max_opcodes))
+        res = machine.run(max_opcodes)
+        ran_out = ran_out or (res.error is not None and res.end >= len(reader))
         first = count == 0
         if not res.looks_like_pickle(evidence_opcodes) and (probe or not first):
             reader.seek(start)
@@ -811,4 +834,6 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
             failed = True
             break
         end = res.end
-    return StreamResult(findings, count, end, count > 0, failed)
+    # stopping at the reader's end says nothing about what lies after a window: read further
+    ran_out = ran_out or reader.tell() >= len(reader)
+    return StreamResult(findings, count, end, count > 0, failed), ran_out
