@@ -371,3 +371,22 @@ def test_symlinked_file_in_a_folder_is_followed(tmp_path: Path) -> None:
     model_dir.mkdir()
     (model_dir / "pytorch_model.bin").symlink_to(outside)
     assert "BASTION-PICKLE-DANGEROUS" in rules(scan_path(model_dir).findings)
+
+
+def test_tensor_bytes_that_read_as_opcodes_are_not_parse_errors() -> None:
+    # int8 tensors filled with 0x4b ('K', BININT1) or starting 0x80 0x02 (PROTO 2) look like pickles
+    for fill, head in ((0x4B, 0x4B), (0x4E, 0x4E), (0x80, 0x02)):
+        t = torch.full((4096,), fill, dtype=torch.uint8)
+        t[1] = head
+        assert scan_bytes(_torch_bytes({"mask": t})) == []
+
+
+def test_pickle_hidden_in_a_tensor_storage_is_still_found() -> None:
+    payload = pickle.dumps(RunsSystem(), protocol=2)
+    data = bytearray(_torch_bytes({"w": torch.zeros(len(payload), dtype=torch.uint8)}))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("/data/0"))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the storage bytes, stored uncompressed
+    data[start:start + len(payload)] = payload
+    assert "BASTION-PICKLE-DANGEROUS" in rules(scan_bytes(bytes(data)))
