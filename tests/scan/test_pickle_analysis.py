@@ -153,3 +153,17 @@ def test_text_that_is_not_a_pickle_is_ignored() -> None:
 def test_analyze_stream_counts_pickles() -> None:
     res = analyze_stream(pickle.dumps(1) + pickle.dumps(2) + pickle.dumps(3), Policy.default())
     assert res.pickles == 3 and res.is_pickle and not res.failed
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x07K\x01.",  # protocol 7 does not exist
+    b"\x80\x05\x95\xff\x00\x00\x00\x00\x00\x00\x00K\x01.",  # FRAME longer than the data
+    b"\x80\x02cbuiltins\nset\n]R.",  # REDUCE with a list, not a tuple, of arguments
+    b"\x80\x02}]K\x01s.",  # a list as a dict key
+    b"\x80\x02)K\x01a.",  # APPEND to a tuple
+    b"\x80\x02]G?\xf0\x00\x00\x00\x00\x00\x00K\x01s.",  # list[1.0] = 1
+])
+def test_what_the_real_unpickler_rejects_is_a_parse_finding(data: bytes) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - any error: the point is that pickle refuses it
+        pickle.loads(data)
+    assert "BASTION-PARSE" in rules(scan_bytes(data))

@@ -23,6 +23,7 @@ RawFinding = tuple[str, Severity, str, str, str | None]
 
 _MAX_ITEMS = 64  # items kept per container: enough to read call arguments, bounded for pickle bombs
 _MAX_REPR = 160
+_HIGHEST_PROTOCOL = 5
 _PICKLE_EVIDENCE = 32  # opcodes decoded without error before a probe calls the data a pickle
 
 #: callables that unpickle their bytes argument again: scan those bytes as a nested pickle
@@ -41,6 +42,10 @@ class PickleError(Exception):
 
 class LimitError(PickleError):
     """An opcode or payload limit was hit."""
+
+
+class OutOfData(PickleError):
+    """The pickle needs more bytes than the reader holds (truncated, or a window too small)."""
 
 
 # -- symbolic values ------------------------------------------------------------------------------------
@@ -245,6 +250,7 @@ class PickleResult:
     error: str | None = None
     limit_hit: bool = False
     globals_seen: int = 0  # well-formed global names decoded (evidence that this really is a pickle)
+    out_of_data: bool = False
 
     def looks_like_pickle(self, evidence_opcodes: int | None = _PICKLE_EVIDENCE) -> bool:
         """Random bytes and text die within a few opcodes; dozens of valid ones in a row are a pickle.
@@ -392,6 +398,9 @@ class Machine:
         except LimitError as exc:
             result.error = str(exc)
             result.limit_hit = True
+        except OutOfData as exc:
+            result.error = str(exc)
+            result.out_of_data = True
         except (PickleError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError,
                 OverflowError, EOFError) as exc:
             result.error = str(exc) or type(exc).__name__
@@ -464,7 +473,7 @@ class Machine:
 
     def op_frozenset(self, arg: Any) -> None:
         s = Seq("frozenset")
-        s.add(self.pop_mark())
+        s.add(_hashable(self.pop_mark()))
         self.stack.append(s)
 
     def _tuple_n(self, n: int) -> None:
@@ -488,6 +497,7 @@ class Machine:
         if len(items) % 2:
             raise PickleError("DICT with an odd number of items")
         d = DictV()
+        _hashable(items[::2])
         d.add(list(zip(items[::2], items[1::2], strict=True)))
         self.stack.append(d)
 
@@ -499,39 +509,53 @@ class Machine:
 
     def op_append(self, arg: Any) -> None:
         value = self.pop()
-        target = self.top()
-        if isinstance(target, Seq):
-            target.add([value])
-        else:
-            self._method_on(target, "append")
+        self._extend(self.top(), [value], "append")
 
     def op_appends(self, arg: Any) -> None:
         items = self.pop_mark()
-        target = self.top()
-        if isinstance(target, Seq):
+        self._extend(self.top(), items, "extend")
+
+    def _extend(self, target: Value, items: list[Value], method: str) -> None:
+        if isinstance(target, Seq) and target.kind == "list":
             target.add(items)
+        elif _is_plain_data(target) and not (isinstance(target, Const) and isinstance(target.value, bytearray)):
+            # the real unpickler fails here (tuples, sets, dicts, str... have no append/extend)
+            raise PickleError(f"{method} on {target.describe()}, which has no such method")
         else:
-            self._method_on(target, "extend")
+            self._method_on(target, method)
 
     def op_additems(self, arg: Any) -> None:
-        self.op_appends(arg)
+        items = self.pop_mark()
+        target = self.top()
+        if isinstance(target, Seq) and target.kind == "set":
+            target.add(_hashable(items))
+        elif _is_plain_data(target):
+            raise PickleError(f"ADDITEMS on {target.describe()}, which is not a set")
+        else:
+            self._method_on(target, "add")
 
     def op_setitem(self, arg: Any) -> None:
         value = self.pop()
         key = self.pop()
-        target = self.top()
-        if isinstance(target, DictV):
-            target.add([(key, value)])
-        else:
-            self._method_on(target, "__setitem__")
+        self._setitems(self.top(), [key, value])
 
     def op_setitems(self, arg: Any) -> None:
         items = self.pop_mark()
         if len(items) % 2:
             raise PickleError("SETITEMS with an odd number of items")
-        target = self.top()
+        self._setitems(self.top(), items)
+
+    def _setitems(self, target: Value, items: list[Value]) -> None:
         if isinstance(target, DictV):
+            _hashable(items[::2])
             target.add(list(zip(items[::2], items[1::2], strict=True)))
+        elif isinstance(target, Seq) and target.kind == "list":
+            # list[i] = v: any key the machine knows is not an integer makes the real unpickler fail
+            if any(_is_plain_data(k) and not (isinstance(k, Const) and isinstance(k.value, int))
+                   for k in items[::2]):
+                raise PickleError("SETITEM on a list with a key that is not an integer")
+        elif _is_plain_data(target):
+            raise PickleError(f"SETITEM on {target.describe()}, which does not support item assignment")
         else:
             self._method_on(target, "__setitem__")
 
@@ -587,17 +611,26 @@ class Machine:
     def op_reduce(self, arg: Any) -> None:
         args = self.pop()
         func = self.pop()
+        _need_tuple(args, "REDUCE")
+        if _is_plain_data(func):
+            raise PickleError(f"REDUCE calls {func.describe()}, which is not callable")
         self.stack.append(self.call(func, args, "call"))
 
     def op_newobj(self, arg: Any) -> None:
         args = self.pop()
         cls = self.pop()
+        _need_tuple(args, "NEWOBJ")
+        if _is_plain_data(cls):
+            raise PickleError(f"NEWOBJ on {cls.describe()}, which is not a class")
         self.stack.append(self.call(cls, args, "instantiation"))
 
     def op_newobj_ex(self, arg: Any) -> None:
         kwargs = self.pop()
         args = self.pop()
         cls = self.pop()
+        _need_tuple(args, "NEWOBJ_EX")
+        if not isinstance(kwargs, (DictV, Call, Opaque)) or _is_plain_data(cls):
+            raise PickleError("NEWOBJ_EX needs a class, an argument tuple and a keyword dict")
         packed = Seq("tuple", [args, kwargs])
         self.stack.append(self.call(cls, packed, "instantiation"))
 
@@ -694,8 +727,36 @@ class Machine:
     def op_noop(self, arg: Any) -> None:
         return None
 
+    def op_proto(self, arg: Any) -> None:
+        if not 0 <= int(arg) <= _HIGHEST_PROTOCOL:
+            raise PickleError(f"unsupported pickle protocol {arg}")
+
+    def op_frame(self, arg: Any) -> None:
+        # the real unframer reads the whole frame first: one that runs past the data fails there
+        if self.r.tell() + int(arg) > len(self.r):
+            raise OutOfData(f"FRAME of {arg} bytes runs past the end of the data")
+
     def op_stop(self, arg: Any) -> None:
         self.pop()
+
+
+def _is_plain_data(v: Value) -> bool:
+    """A value whose type the machine knows exactly (not the result of a call, not a global)."""
+    return isinstance(v, (Const, Seq, DictV))
+
+
+def _hashable(items: list[Value]) -> list[Value]:
+    # lists, dicts and sets as dict keys or set members make the real unpickler raise TypeError
+    for v in items:
+        if isinstance(v, DictV) or (isinstance(v, Seq) and v.kind in ("list", "set")) or \
+                (isinstance(v, Const) and isinstance(v.value, bytearray)):
+            raise PickleError(f"unhashable {v.describe()} used as a dict key or set member")
+    return items
+
+
+def _need_tuple(args: Value, opcode: str) -> None:
+    if _is_plain_data(args) and not (isinstance(args, Seq) and args.kind == "tuple"):
+        raise PickleError(f"{opcode} argument {args.describe()} is not a tuple")
 
 
 def _dtype_info(dtype: Value | None) -> tuple[int, bool]:
@@ -752,7 +813,7 @@ _HANDLERS.update({
     "REDUCE": Machine.op_reduce, "BUILD": Machine.op_build,
     "PERSID": Machine.op_persid, "BINPERSID": Machine.op_binpersid,
     "NEXT_BUFFER": Machine.op_next_buffer, "READONLY_BUFFER": Machine.op_noop,
-    "PROTO": Machine.op_noop, "FRAME": Machine.op_noop, "STOP": Machine.op_stop,
+    "PROTO": Machine.op_proto, "FRAME": Machine.op_frame, "STOP": Machine.op_stop,
 })
 
 
@@ -817,7 +878,7 @@ def _play(reader: Reader | FastReader, policy: Policy, torch_context: bool, max_
         label = f"pickle {count + 1}, " if count else ""
         machine = Machine(reader, policy, torch_context=torch_context, nested=nested, cache=cache, label=label)
         res = machine.run(max_opcodes)
-        ran_out = ran_out or (res.error is not None and res.end >= len(reader))
+        ran_out = ran_out or res.out_of_data or (res.error is not None and res.end >= len(reader))
         first = count == 0
         if not res.looks_like_pickle(evidence_opcodes) and (probe or not first):
             reader.seek(start)

@@ -52,7 +52,8 @@ def sniff(head: bytes, size: int) -> str:
         # '{"' right after the length is the format's signature even when the length is a lie
         if 2 <= n <= min(SAFETENSORS_MAX_HEADER, size - 8) or head[8:10] == b'{"':
             return "safetensors"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x00", b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"):
+    if head[:1] == b"\x80":
+        # PROTO first: a pickle, even with a protocol number pickle would refuse (then it is a parse finding)
         return "pickle"
     if head[:2] == b"ZF" and head[2:4] == b"0x":
         return "joblib-zf"

@@ -25,7 +25,15 @@ def scan_npy(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
     try:
         # a Python literal: literal_eval never calls or imports anything
         header = ast.literal_eval(bytes(data[start:end]).decode("utf-8" if major == 3 else "latin-1"))
-        descr, shape = header["descr"], tuple(header["shape"])
+        # exactly what numpy itself accepts, so a header numpy would refuse is never called clean
+        if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+            raise ValueError(f"keys must be descr, fortran_order and shape, got {header!r:.80}")
+        if not isinstance(header["fortran_order"], bool):
+            raise ValueError("fortran_order is not a bool")
+        if not isinstance(header["shape"], tuple) or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in header["shape"]):
+            raise ValueError("shape is not a tuple of integers")
+        descr, shape = header["descr"], header["shape"]
         import numpy as np
         from numpy.lib import format as npformat
 
