@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import bastion as bn
-from bastion.attacks import APGD, PGD, Square
+from bastion.attacks import APGD, FGSM, PGD, Square
 from bastion.core.threat import get_norm
 
 EPS = [0.05, 0.1]
@@ -91,6 +91,14 @@ def test_per_example_worst_case_is_sound(result: bn.assess.EvaluationResult, dig
     kept = [k.index for k in result.examples]
     expected = (broken & result.correct).nonzero().flatten()[:8].tolist()
     assert kept == expected
+
+
+def test_same_attack_twice_gets_two_rows(digits_cnn: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = data
+    res = bn.evaluate(digits_cnn, x[:10], y[:10], epsilons=[0.1], suite=[FGSM(), FGSM(loss="dlr")], checks=False)
+    assert [a.name for a in res.attacks] == ["FGSM", "FGSM (2)"]
+    # The second runs only on what the first left standing.
+    assert res.attacks[1].attempted[0] == res.attacks[0].attempted[0] - res.attacks[0].broken[0]
 
 
 def test_rejects_bad_arguments(digits_cnn: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:

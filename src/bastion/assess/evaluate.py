@@ -8,6 +8,7 @@ defence); every candidate is projected onto the ball and the bounds and re-check
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -180,7 +181,7 @@ class _Ensemble:
             return torch.cat([self.model.predict(x[i:i + bs]) for i in range(0, x.shape[0], bs)]).to(self.y.device)
 
     def build(self, specs: list[AttackSpec], notes: list[str]) -> list[tuple[AttackSpec, Attack]]:
-        out = []
+        out: list[tuple[AttackSpec, Attack]] = []
         for spec in specs:
             if spec.needs not in self.model.capabilities:
                 notes.append(f"{spec.name}: skipped, the model offers {self.model.capabilities.describe()}")
@@ -198,6 +199,13 @@ class _Ensemble:
             except (NotImplementedError, TypeError) as exc:
                 notes.append(f"unavailable: {spec.name} could not be built ({exc}); the evaluation is weaker")
                 continue
+            if any(s.name == spec.name for s, _ in out):
+                # Two attacks of one class (e.g. APGD with CE and with DLR) need distinct rows in the report.
+                taken = {s.name for s, _ in out}
+                k = 2
+                while f"{spec.name} ({k})" in taken:
+                    k += 1
+                spec = dataclasses.replace(spec, name=f"{spec.name} ({k})")
             out.append((spec, att))
         if not out and Capability.SCORES not in self.model.capabilities and self.norm.name in ("l2", "linf"):
             # A labels-only model (an endpoint returning classes) still meets a decision-based attack.
