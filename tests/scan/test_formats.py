@@ -390,3 +390,13 @@ def test_pickle_hidden_in_a_tensor_storage_is_still_found() -> None:
     start = info.header_offset + 30 + name_len + extra_len  # the storage bytes, stored uncompressed
     data[start:start + len(payload)] = payload
     assert "BASTION-PICKLE-DANGEROUS" in rules(scan_bytes(bytes(data)))
+
+
+def test_legacy_tar_checkpoint() -> None:
+    # PyTorch's oldest format: a tar of sys_info, pickle, storages and tensors members
+    storages = pickle.dumps(1, protocol=2) + pickle.dumps(("0", "cpu", "FloatStorage"), protocol=2) + bytes(24)
+    members = {"sys_info": pickle.dumps({"protocol_version": 1000, "little_endian": True}, protocol=2),
+               "storages": storages, "tensors": pickle.dumps(0, protocol=2)}
+    assert_clean(_tar({**members, "pickle": pickle.dumps({"w": 1}, protocol=2)}))
+    f = scan_bytes(_tar({**members, "pickle": pickle.dumps({"w": RunsSystem()}, protocol=2)}))
+    assert any(x.rule_id == "BASTION-PICKLE-DANGEROUS" and x.location.startswith("pickle@") for x in f)

@@ -85,8 +85,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Scan model files for code that runs on load, without loading them.
 
-        Formats are recognised from content, never the extension: pickle, PyTorch (zip, legacy,
-        TorchScript), joblib, NumPy, Keras, ONNX, safetensors and zip/tar/gzip/bz2/xz/7z containers.
+        Formats are recognised from content, never the extension: pickle, PyTorch (zip, legacy, TorchScript), joblib, NumPy, Keras, ONNX, safetensors and zip/tar/gzip/bz2/xz/7z containers.
+
         Exit codes: 0 clean, 1 findings at or above --fail-on, 2 a path could not be scanned.
         """
         threshold = Severity.parse(fail_on, "--fail-on")
