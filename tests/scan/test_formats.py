@@ -400,3 +400,11 @@ def test_legacy_tar_checkpoint() -> None:
     assert_clean(_tar({**members, "pickle": pickle.dumps({"w": 1}, protocol=2)}))
     f = scan_bytes(_tar({**members, "pickle": pickle.dumps({"w": RunsSystem()}, protocol=2)}))
     assert any(x.rule_id == "BASTION-PICKLE-DANGEROUS" and x.location.startswith("pickle@") for x in f)
+
+
+def test_really_encrypted_member_is_unscannable() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("weights.bin", bytes(range(7, 250)))  # stands in for ciphertext
+    f = scan_bytes(_flip_zip_flags(buf.getvalue(), 0x01))
+    assert "BASTION-ARCHIVE-UNSCANNABLE" in rules(f, Severity.HIGH)

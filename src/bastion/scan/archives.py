@@ -242,6 +242,10 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
         hints_here = member_hints | _STORAGE if "torch" in member_hints and _STORAGE_NAME.search(e.name) \
             else member_hints
         kind = ctx.scan(body, where, depth + 1, hints_here)
+        if e.flags & 0x01 and kind == "unknown":
+            # really encrypted (not just a flipped flag bit): whatever it holds could not be read
+            ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
+                     "member is encrypted and its bytes are not a recognisable format; not scanned")
         if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
                      "CRC-32 does not match the data (zipfile refuses it; other readers do not check); "
