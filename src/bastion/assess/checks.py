@@ -132,10 +132,12 @@ def _blackbox_beats_whitebox(ctx: CheckContext, positive: list[float]) -> list[F
     frac = n_bb / max(survivors_after_wb, 1)
     # One or two stragglers of many can be a white-box attack's bad luck; a share of them is a pattern.
     severity = "high" if frac > HIGH_SHARE else "warning" if (n_bb > 2 or frac > LOW_SHARE) else "info"
+    meaning = ("gradients are likely masked or obfuscated, so white-box numbers alone would overstate robustness"
+               if severity != "info" else
+               "a few stragglers are usually the gradient attacks' bad luck; a growing share would mean masking")
     return [Finding("blackbox_beats_whitebox", severity,
                     f"a score-only attack broke {n_bb} example(s) that every gradient attack missed "
-                    f"({frac:.0%} of the {survivors_after_wb} examples it attacked): gradients are likely masked or obfuscated, so "
-                    "white-box numbers alone would overstate robustness", evidence)]
+                    f"({frac:.0%} of the {survivors_after_wb} examples it attacked): {meaning}", evidence)]
 
 
 def _random_noise(ctx: CheckContext, positive: list[float]) -> list[Finding]:
