@@ -65,12 +65,20 @@ def _scan_file(path: Path, policy: Policy) -> tuple[list[Finding], int]:
     return findings, size
 
 
-def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
-    """Every regular file under ``paths`` (folders walked recursively, in sorted order)."""
+def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None = None) -> Iterable[Path]:
+    """Every regular file under ``paths`` (folders walked recursively, in sorted order).
+
+    Folders that cannot be listed are appended to ``errors`` (when given) instead of vanishing.
+    """
+
+    def unreadable(exc: OSError) -> None:
+        if errors is not None:
+            errors.append(f"{exc.filename}: cannot be listed ({exc.strerror})")
+
     for p in paths:
         root = Path(p)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
+            for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
                 dirnames.sort()
                 for fname in sorted(filenames):
                     full = Path(dirpath) / fname
@@ -86,7 +94,7 @@ def scan_paths(paths: Iterable[str | os.PathLike[str]], policy: Policy | None = 
     """Scan files and folders; unreadable paths go to ``report.errors`` (the CLI exits 2 on those)."""
     pol = policy or Policy.default()
     report = ScanReport()
-    for path in iter_files(paths):
+    for path in iter_files(paths, report.errors):
         try:
             findings, size = _scan_file(path, pol)
         except FileNotFoundError:
