@@ -50,19 +50,24 @@ def _text(report: ScanReport, threshold: Severity, quiet: bool) -> None:
 def _run(paths: list[Path], policy: Policy, show_progress: bool) -> ScanReport:
     if not show_progress:
         return scan_paths(paths, policy)
-    files = list(iter_files(paths))
+    listing_errors: list[str] = []
+    files = list(iter_files(paths, listing_errors))
     total = 0
     for f in files:
         with contextlib.suppress(OSError):  # unreadable paths are reported by the scan itself
             total += f.stat().st_size
     if total < _PROGRESS_MIN_BYTES:
-        return scan_paths(files, policy)
+        report = scan_paths(files, policy)
+        report.errors[:0] = listing_errors
+        return report
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("scanning"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as prog:
         task = prog.add_task("scan", total=total)
-        return scan_paths(files, policy, on_file=lambda _p, size: prog.advance(task, size))
+        report = scan_paths(files, policy, on_file=lambda _p, size: prog.advance(task, size))
+    report.errors[:0] = listing_errors
+    return report
 
 
 def register(app: typer.Typer) -> None:
