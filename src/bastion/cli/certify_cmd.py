@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
+
+if TYPE_CHECKING:  # torch loads in seconds; only the command itself pays for it
+    import torch
 
 from bastion.cli.common import EXIT_FAILED, EXIT_OK, handle_errors, parse_floats, print_json, progress_bar
 from bastion.errors import InputError
@@ -64,6 +66,8 @@ def _run_smoothing(model: Any, x: torch.Tensor, y: torch.Tensor, radii: list[flo
 
 def _run_ibp(model: Any, x: torch.Tensor, y: torch.Tensor, epsilons: list[float], *, bounds: tuple[float, float],
              show_progress: bool) -> dict[str, Any]:
+    import torch
+
     from bastion.certify import ibp_certify
 
     module = getattr(model, "module", None)

@@ -13,11 +13,13 @@ import copy
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
-from torch import nn
+
+if TYPE_CHECKING:  # torch loads in seconds; only commands that need it pay for it
+    import torch
+    from torch import nn
 
 from bastion.cli.common import handle_errors, print_json, progress_bar
 from bastion.errors import InputError
@@ -61,6 +63,8 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from torch import nn
+
     from bastion.zoo import build
 
     if ":" in arch:
@@ -74,6 +78,8 @@ def _build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    import torch
+
     n = x.shape[0]
     n_test = max(1, round(TEST_FRACTION * n))
     if n - n_test < 2:
@@ -86,6 +92,8 @@ def _split(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, .
 def _assess(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, suite: str,
             bounds: tuple[float, float]) -> dict[str, Any]:
     """Clean and robust accuracy: bastion.evaluate when available, else PGD (said so in the report)."""
+    import torch
+
     import bastion as bn
 
     model = bn.wrap(module, bounds=bounds)
@@ -102,6 +110,7 @@ def _assess(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps:
 
 
 def _save(module: nn.Module, example: torch.Tensor, base: Path) -> dict[str, str]:
+    import torch
     from safetensors.torch import save_file
 
     module = module.eval().cpu()
@@ -172,6 +181,8 @@ def harden(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Adversarially train a model and compare it with a normally trained one (clean and robust accuracy)."""
+    import torch
+
     import bastion as bn
     from bastion.attacks.evasion.base import PRECISIONS
     from bastion.core.validation import check_inputs
