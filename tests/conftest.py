@@ -7,7 +7,8 @@ import torch
 
 import bastion as bn
 
-torch.set_num_threads(2)
+# The test models are tiny: one thread beats two (thread start-up dominates) and keeps runs repeatable.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

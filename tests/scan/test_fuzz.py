@@ -155,21 +155,14 @@ def _keeps_magic(kind: str, data: bytes) -> bool:
     return len(data) >= 9 and data[8:9] == b"{"
 
 
-#: seeds whose mutations the scanner still calls clean although pickle/NumPy refuse them (all harmless:
-#: the loader stops before running anything), reported to the scanner's owner:
+#: seeds whose mutations the scanner once called clean although pickle/NumPy refuse them, all since fixed
+#: and now asserted like every other seed:
 #: - a pickle whose PROTO byte is above 5, or a lone b"\x80" (pickle: "unsupported pickle protocol")
 #: - a FRAME whose length runs past the data (pickle: "pickle data was truncated")
 #: - type errors the symbolic machine does not model (SETITEMS on an int)
 #: - .npy headers with misspelt or extra keys (np.load: "Header does not contain the correct keys")
 #: - safetensors whose 8-byte header length runs past the file, when the header is not JSON either
-KNOWN_PARSE_GAPS: dict[str, str] = {
-    "pickle_benign_p2": "unsupported PROTO / type errors",
-    "pickle_benign_p5": "FRAME length past the data",
-    "pickle_evil_p2": "unsupported PROTO",
-    "pickle_evil_p4": "unsupported PROTO",
-    "npy": "npy header keys not validated",
-    "safetensors": "a header length that runs past the file with a non-JSON header is not sniffed as safetensors",
-}
+KNOWN_PARSE_GAPS: dict[str, str] = {}  # every gap above is fixed in the scanner; keep the slot for new ones
 
 
 def clean_but_unparseable(kind: str, data: bytes) -> bool:
@@ -250,7 +243,7 @@ def test_every_truncation_of_a_malicious_pickle_is_flagged() -> None:
     """nullifAI-style: a prefix that reaches the REDUCE is CRITICAL; no other prefix is clean."""
     _, data = SEEDS["pickle_evil_p2"]
     reduce_at = data.rindex(b"R")
-    for cut in range(2, len(data)):  # the 1-byte prefix b"\x80" is a known gap (see KNOWN_PARSE_GAPS)
+    for cut in range(1, len(data)):
         findings = scan_bytes(data[:cut])
         assert findings, f"prefix of {cut} bytes reported clean"
         if cut > reduce_at:
