@@ -30,6 +30,15 @@ def test_l1_projection_matches_bruteforce_on_simple_case() -> None:
 
 
 @pytest.mark.parametrize("norm", [Linf, L2, L1])
+def test_zero_radius_projects_to_zero(norm: bn.Norm) -> None:
+    delta = torch.randn(4, 6)
+    eps = torch.tensor([0.0, 0.5, 0.0, 1.0])
+    out = norm.project(delta, eps)
+    assert torch.equal(out[0], torch.zeros(6)) and torch.equal(out[2], torch.zeros(6))
+    assert (norm.measure(out[[1, 3]]) <= eps[[1, 3]] + 1e-5).all()
+
+
+@pytest.mark.parametrize("norm", [Linf, L2, L1])
 def test_random_start_inside_ball(norm: bn.Norm) -> None:
     x = torch.zeros(64, 10)
     eps = torch.full((64,), 0.3)

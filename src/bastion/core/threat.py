@@ -133,6 +133,8 @@ class L1Norm(Norm):
         rho = cond.shape[1] - 1 - torch.flip(cond, dims=[1]).to(torch.int64).argmax(dim=1, keepdim=True)
         theta = cssv.gather(1, rho) / (rho + 1).to(flat.dtype)
         proj = flat.sign() * (absd - theta).clamp_min(0)
+        # A zero radius has no positive coordinate to keep: theta's fallback would leave a non-zero delta.
+        proj = torch.where((eps <= 0).unsqueeze(1), torch.zeros_like(proj), proj)
         out = torch.where(inside.unsqueeze(1), flat, proj)
         return out.reshape(delta.shape)
 
