@@ -16,7 +16,15 @@ import typer
 if TYPE_CHECKING:  # torch loads in seconds; only the command itself pays for it
     import torch
 
-from bastion.cli.common import EXIT_FAILED, EXIT_OK, handle_errors, parse_floats, print_json, progress_bar
+from bastion.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    handle_errors,
+    parse_floats,
+    parse_shape,
+    print_json,
+    progress_bar,
+)
 from bastion.errors import InputError
 
 METHODS = ("smoothing", "ibp")
@@ -28,18 +36,6 @@ IBP_BATCH = 256
 def register(app: typer.Typer) -> None:
     """Add ``bastion certify`` to the app."""
     app.command("certify")(certify)
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise InputError("--input-shape", repr(text), "comma-separated sizes without the batch, e.g. 1,8,8") from None
-    if not shape or any(s < 1 for s in shape):
-        raise InputError("--input-shape", repr(text), "positive sizes, e.g. 1,8,8")
-    return shape
 
 
 def _check_fraction(value: float | None) -> None:
@@ -163,7 +159,7 @@ def certify(
         raise InputError("--radii/--eps", levels, "radii >= 0")
 
     m = load_model(model, factory=factory, bounds=(lo_hi[0], lo_hi[1]), trust_pickle=trust_pickle, device=device)
-    x, y = load_data(data, input_shape=_parse_shape(input_shape))
+    x, y = load_data(data, input_shape=parse_shape(input_shape))
     if y is None:
         raise InputError("--data", f"{data} without labels", "labels: 'y' in .npz, a 'label' column in .csv")
     if limit is not None:

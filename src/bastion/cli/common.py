@@ -38,7 +38,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn user mistakes (BastionError, ValueError from validation) into a message and exit code 2."""
+    """Turn user mistakes (any BastionError, and unreadable files) into a one-line message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -79,6 +79,21 @@ def parse_floats(text: str, argument: str) -> list[float]:
     if not out:
         raise InputError(argument, repr(text), "one or more comma-separated numbers")
     return out
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``--input-shape`` such as ``1,8,8`` (sizes without the batch); None stays None."""
+    from bastion.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise InputError("--input-shape", repr(text), "comma-separated sizes without the batch, e.g. 1,8,8") from None
+    if not shape or any(s < 1 for s in shape):
+        raise InputError("--input-shape", repr(text), "positive sizes, e.g. 1,8,8")
+    return shape
 
 
 @contextmanager

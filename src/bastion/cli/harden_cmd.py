@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch loads in seconds; only commands that need it pay for 
     import torch
     from torch import nn
 
-from bastion.cli.common import handle_errors, print_json, progress_bar
+from bastion.cli.common import handle_errors, parse_shape, print_json, progress_bar
 from bastion.errors import InputError
 
 #: CLI method names -> AdversarialTrainer methods
@@ -48,18 +48,6 @@ def _load(path: Path, argument: str, input_shape: tuple[int, ...] | None) -> tup
         raise InputError(argument, str(path), "labelled data: an .npz with arrays 'x' and 'y', a .csv with a "
                          "'label' column, or an image folder")
     return x, y
-
-
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise InputError("--input-shape", repr(text), "comma-separated sizes without the batch, e.g. 1,8,8") from None
-    if not shape or any(s < 1 for s in shape):
-        raise InputError("--input-shape", repr(text), "positive sizes, e.g. 1,8,8")
-    return shape
 
 
 def _build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -204,7 +192,7 @@ def harden(
     if not out.parent.is_dir():
         raise InputError("--out", str(out), f"a path in an existing folder ({out.parent} does not exist)")
     bounds = (0.0, 1.0)
-    shape = _parse_shape(input_shape)
+    shape = parse_shape(input_shape)
     x, y = _load(data, "--data", shape)
     if test is not None:
         x_tr, y_tr = x, y
