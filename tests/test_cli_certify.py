@@ -103,3 +103,19 @@ def test_missing_files_and_unlabelled_data_exit_two(files: tuple[Path, Path], tm
     np.savez(unlabelled, x=np.zeros((2, 1, 8, 8), dtype=np.float32))
     code, out = _run("--model", str(model), "--data", str(unlabelled), "--n", "100")
     assert code == 2 and "labels" in out
+
+
+def test_ibp_on_a_traced_cnn_says_what_to_do_instead(tmp_path: Path) -> None:
+    """A traced Conv2d (as `bastion demo` saves it) hides its stride and padding: exit 2, never a traceback."""
+    import bastion as bn
+
+    torch.manual_seed(0)
+    model_path, data_path = tmp_path / "cnn.pt", tmp_path / "d.npz"
+    net = bn.zoo.SmallCNN(1, 10, 8, width=4).eval()
+    torch.jit.trace(net, torch.rand(1, 1, 8, 8)).save(str(model_path))
+    np.savez(data_path, x=np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32), y=np.arange(4))
+    res = CliRunner().invoke(app, ["certify", "--model", str(model_path), "--data", str(data_path),
+                                   "--method", "ibp", "--eps", "0.05"])
+    assert res.exit_code == 2, res.output
+    assert "--factory" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -190,7 +190,14 @@ def _compile(module: nn.Module, x: Tensor, path: str) -> tuple[list[IntervalOp],
             ops += child_ops
         return ops, x
     if name in _BUILDERS:
-        return [_BUILDERS[name](module, path or "model")], module(x)
+        try:
+            op = _BUILDERS[name](module, path or "model")
+        except AttributeError as exc:
+            # TorchScript drops some layers' hyper-parameters (a scripted Conv2d has no .stride).
+            raise InputError(f"model layer {path or 'model'}", f"a {name} without its settings ({exc})",
+                             "a model whose layers keep their attributes: save the weights as safetensors and "
+                             "pass --factory module:Factory") from None
+        return [op], module(x)
     if not children:
         raise _refuse(path or "model", module, "")
     x_in = x
