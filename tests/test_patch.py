@@ -95,3 +95,40 @@ def test_patch_validation(digits: bn.datasets.Dataset) -> None:
     scores_only = DummyClassifier().fit(flat.x_train.numpy(), flat.y_train.numpy())
     with pytest.raises(CapabilityError):
         AdversarialPatch(steps=1).fit(scores_only, digits.x_train[:10], digits.y_train[:10])
+
+
+def test_printability_penalties_make_a_smoother_palette_patch(digits: bn.datasets.Dataset,
+                                                               digits_cnn: torch.nn.Module) -> None:
+    from bastion.attacks.evasion.patch import non_printability, snap, total_variation
+
+    palette = torch.tensor([[0.2], [0.5], [0.8]])  # a printer with three grey levels, no pure black or white
+    kw = {"patch_size": 0.25, "steps": 100, "lr": 0.05, "batch_size": 128, "seed": 0}
+    x, y, xe, ye = digits.x_train[:600], digits.y_train[:600], digits.x_test[:200], digits.y_test[:200]
+    plain = AdversarialPatch(**kw).fit(digits_cnn, x, y, x_eval=xe, y_eval=ye)
+    printable = AdversarialPatch(**kw, tv_weight=1.0, palette=palette, nps_weight=1.0, snap_to_palette=True).fit(
+        digits_cnn, x, y, x_eval=xe, y_eval=ye)
+    # The reported measures are the patch's own, recomputed here.
+    assert printable.total_variation == pytest.approx(float(total_variation(printable.patch)))
+    assert printable.non_printability == pytest.approx(0.0, abs=1e-6)  # snapped: every pixel a palette colour
+    assert set(printable.patch.flatten().tolist()) <= set(palette.flatten().tolist())
+    assert plain.non_printability is None
+    assert float(non_printability(plain.patch, palette)) > 0.1  # the unconstrained patch is black and white
+    assert printable.total_variation <= plain.total_variation
+    assert printable.success_rate > 0.3  # still an attack after the penalties and the rounding
+    # snap picks the nearest colour
+    assert torch.equal(snap(torch.tensor([[[0.1, 0.3], [0.9, 0.74]]]), palette).flatten(), palette[[0, 0, 2, 2], 0])
+
+
+@pytest.mark.parametrize("kwargs", [{"tv_weight": -1.0}, {"nps_weight": float("nan")}, {"nps_weight": 1.0},
+                                    {"snap_to_palette": True}, {"palette": [[0.1, 0.2, 0.3]], "nps_weight": 1.0},
+                                    {"palette": [1.0, 2.0]}])
+def test_printability_arguments_are_checked(kwargs: dict, digits: bn.datasets.Dataset,
+                                            digits_cnn: torch.nn.Module) -> None:
+    with pytest.raises(InputError):
+        AdversarialPatch(steps=1, **kwargs).fit(digits_cnn, digits.x_train[:20], digits.y_train[:20])
+
+
+def test_palette_outside_the_bounds_is_refused(digits: bn.datasets.Dataset, digits_cnn: torch.nn.Module) -> None:
+    with pytest.raises(InputError, match="bounds"):
+        AdversarialPatch(steps=1, palette=[[2.0]], snap_to_palette=True).fit(digits_cnn, digits.x_train[:20],
+                                                                            digits.y_train[:20])

@@ -3,7 +3,11 @@
 Unlike an epsilon attack, the patch is universal (one for all inputs) and unbounded inside its area, but
 confined to that area: pixels outside it are never touched. It is learned by gradient descent over
 random placements, scales and rotations (expectation over transformation), so it keeps working when
-printed and stuck somewhere else. Values stay within the model's input bounds, so it is printable.
+printed and stuck somewhere else. Values stay within the model's input bounds, and two optional penalties
+make it printable in practice: total variation (printers and cameras blur pixel-level noise; Sharif et
+al., CCS 2016) and a non-printability score against a palette of colours the printer can reproduce (the
+mean distance of each patch pixel to its nearest palette colour, the min-distance form of Sharif et al.'s
+score used by Thys et al., 2019). ``snap_to_palette`` rounds the final patch to palette colours exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class PatchResult:
     target: int | None
     n_eval: int
     losses: list[float] = field(default_factory=list)  # training loss per step
+    total_variation: float = 0.0  # mean absolute difference between neighbouring patch pixels
+    non_printability: float | None = None  # mean distance to the nearest palette colour (None: no palette)
 
 
 def _check_range(argument: str, value: Any) -> tuple[float, float]:
@@ -53,6 +59,10 @@ class AdversarialPatch:
       the training-time transformations (EOT); ``eval_placements`` random positions per held-out image
       measure ``success_rate``.
     - ``eval_fraction`` of the inputs is held out for that measure unless ``x_eval``/``y_eval`` are given.
+    - Printability: ``tv_weight`` penalises total variation (smooth patches survive printing);
+      ``palette`` (K, C) lists the printable colours in the model's input space and ``nps_weight``
+      penalises the distance to them; ``snap_to_palette`` replaces each final pixel by its nearest palette
+      colour, so what is reported is exactly what can be printed.
     """
 
     name = "AdversarialPatch"
@@ -61,7 +71,8 @@ class AdversarialPatch:
     def __init__(self, patch_size: tuple[int, int] | float = 0.1, steps: int = 300, lr: float = 0.05,
                  target: int | None = None, scale: tuple[float, float] = (0.9, 1.1), rotation: float = 15.0,
                  batch_size: int = 64, eval_fraction: float = 0.2, eval_placements: int = 4,
-                 seed: int | None = 0) -> None:
+                 seed: int | None = 0, tv_weight: float = 0.0, palette: Any = None, nps_weight: float = 0.0,
+                 snap_to_palette: bool = False) -> None:
         if isinstance(patch_size, tuple):
             if len(patch_size) != 2 or any(not isinstance(v, int) or v < 1 for v in patch_size):
                 raise InputError("patch_size", patch_size, "(height, width) in pixels, or a fraction in (0, 1)")
@@ -78,6 +89,14 @@ class AdversarialPatch:
             raise InputError("rotation", rotation, "degrees in [0, 180]")
         if not 0 < eval_fraction < 1:
             raise InputError("eval_fraction", eval_fraction, "a fraction in (0, 1)")
+        for arg, w in (("tv_weight", tv_weight), ("nps_weight", nps_weight)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise InputError(arg, w, "a finite weight >= 0")
+        self.palette = _check_palette(palette)
+        if (nps_weight > 0 or snap_to_palette) and self.palette is None:
+            raise InputError("palette", None, "a (K, C) tensor of printable colours when nps_weight > 0 or "
+                                              "snap_to_palette is set")
+        self.tv_weight, self.nps_weight, self.snap_to_palette = float(tv_weight), float(nps_weight), snap_to_palette
         self.patch_size = patch_size
         self.steps, self.lr, self.target = steps, float(lr), target
         self.scale = _check_range("scale", scale)
@@ -117,13 +136,18 @@ class AdversarialPatch:
                 n_classes = m.infer_num_classes(xt)
                 if self.target >= n_classes:
                     raise InputError("target", self.target, f"a class in [0, {n_classes - 1}]")
-            patch, losses = self._train(m, xt, yt)
+            palette = self._palette_for(xt, m.bounds)
+            patch, losses = self._train(m, xt, yt, palette)
+            if self.snap_to_palette and palette is not None:
+                patch = snap(patch, palette)
             rate, clean = self._evaluate(m, patch, xe, ye)
         finally:
             torch.random.set_rng_state(gen_state)
             if cuda_state is not None:
                 torch.cuda.set_rng_state_all(cuda_state)
-        return PatchResult(patch.detach(), rate, clean, self.target, int(xe.shape[0]), losses)
+        nps = None if palette is None else float(non_printability(patch, palette))
+        return PatchResult(patch.detach(), rate, clean, self.target, int(xe.shape[0]), losses,
+                           float(total_variation(patch)), nps)
 
     def apply(self, x: Any, patch: Tensor, locations: Any = None) -> Tensor:
         """Paste ``patch`` (C, h, w) onto every image at ``locations`` (N, 2) top-left (row, col) corners,
@@ -175,7 +199,18 @@ class AdversarialPatch:
         # Untargeted: push the true class's log-probability down (maximise cross-entropy).
         return scores.log_softmax(dim=1).gather(1, y[:, None]).mean()
 
-    def _train(self, m: Model, x: Tensor, y: Tensor) -> tuple[Tensor, list[float]]:
+    def _palette_for(self, x: Tensor, bounds: tuple[float, float]) -> Tensor | None:
+        if self.palette is None:
+            return None
+        if bool((self.palette < bounds[0]).any() | (self.palette > bounds[1]).any()):
+            raise InputError("palette", f"colours in [{float(self.palette.min()):g}, {float(self.palette.max()):g}]",
+                             f"colours inside the model's input bounds {tuple(bounds)}")
+        if self.palette.shape[1] != x.shape[1]:
+            raise InputError("palette", f"colours with {self.palette.shape[1]} channel(s)",
+                             f"{x.shape[1]} channel(s), like the images")
+        return self.palette.to(x.device, x.dtype)
+
+    def _train(self, m: Model, x: Tensor, y: Tensor, palette: Tensor | None) -> tuple[Tensor, list[float]]:
         lo, hi = m.bounds
         ph, pw = self._size(x)
         grad_model = m.adaptive()
@@ -186,6 +221,10 @@ class AdversarialPatch:
             idx = torch.randint(0, x.shape[0], (min(self.batch_size, x.shape[0]),), device=x.device)
             xb, yb = x[idx], y[idx]
             loss = self._loss(grad_model.scores(self._transform(xb, patch)), yb)
+            if self.tv_weight > 0:
+                loss = loss + self.tv_weight * total_variation(patch)
+            if self.nps_weight > 0 and palette is not None:
+                loss = loss + self.nps_weight * non_printability(patch, palette)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -242,3 +281,37 @@ class AdversarialPatch:
                 pred = m.predict(self.apply(xe, patch))
                 hits.append(is_adversarial(pred, ye, te).float().mean())
             return float(torch.stack(hits).mean()), clean
+
+
+def total_variation(patch: Tensor) -> Tensor:
+    """Mean absolute difference between vertically and horizontally neighbouring pixels of (C, h, w)."""
+    parts = [d.abs().mean() for d in (patch[:, 1:, :] - patch[:, :-1, :], patch[:, :, 1:] - patch[:, :, :-1])
+             if d.numel() > 0]
+    return torch.stack(parts).sum() if parts else patch.sum() * 0
+
+
+def non_printability(patch: Tensor, palette: Tensor) -> Tensor:
+    """Mean Euclidean distance (over channels) from each pixel of (C, h, w) to its nearest palette colour."""
+    pixels = patch.flatten(1).T  # (h*w, C)
+    return torch.cdist(pixels, palette.to(pixels.dtype)).amin(dim=1).mean()
+
+
+def snap(patch: Tensor, palette: Tensor) -> Tensor:
+    """Replace every pixel by its nearest palette colour."""
+    pixels = patch.flatten(1).T
+    nearest = torch.cdist(pixels, palette.to(pixels.dtype)).argmin(dim=1)
+    return palette.to(pixels.dtype)[nearest].T.reshape(patch.shape)
+
+
+def _check_palette(palette: Any) -> Tensor | None:
+    if palette is None:
+        return None
+    try:
+        p = torch.as_tensor(palette, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError("palette", type(palette).__name__, "a (K, C) array of printable colours") from None
+    if p.dim() != 2 or p.shape[0] < 1 or p.shape[1] < 1:
+        raise InputError("palette", f"shape {tuple(p.shape)}", "(K, C): K colours of C channels")
+    if not bool(torch.isfinite(p).all()):
+        raise InputError("palette", "NaN or Inf values", "finite colours")
+    return p
