@@ -47,11 +47,18 @@ def scan_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>",
     return ctx.findings
 
 
+#: files up to this size are read into memory: one read() costs less than setting up and tearing down a map
+_READ_MAX = 4 << 20
+
+
 def _scan_file(path: Path, policy: Policy) -> tuple[list[Finding], int]:
     size = path.stat().st_size
     if size == 0:
         return [], 0
     with path.open("rb") as fh:
+        if size <= _READ_MAX:
+            data = fh.read()  # sized from fstat; read(n) would allocate n bytes up front
+            return scan_bytes(data, str(path), policy), len(data)
         # mmap: the OS pages in only what the scanner touches (pickle members, headers), not tensor data
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(mm)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import _compat_pickle
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -387,6 +387,92 @@ def _reachable_pairs(module: str, name: str) -> Iterable[tuple[str, str]]:
             yield ".".join(parts[i:j]), ".".join(parts[j:])
 
 
+_GLOB_CHARS = frozenset("*?[")
+#: verdicts remembered per policy; a file naming endless distinct globals only ever costs a re-fill
+_VERDICT_CACHE_MAX = 1 << 16
+
+Glob = Callable[[str], object]
+
+
+def _is_literal(text: str) -> bool:
+    return _GLOB_CHARS.isdisjoint(text)
+
+
+def _glob(pattern: str) -> Glob:
+    """``fnmatch.fnmatchcase(text, pattern)`` as one precompiled call (plain equality for literals)."""
+    if _is_literal(pattern):
+        return pattern.__eq__
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def _dotted_prefixes(module: str) -> list[str]:
+    """``module`` and every ``p`` with ``module.startswith(p + ".")``: what ``p`` or ``p.*`` matches."""
+    out = [module]
+    i = module.find(".")
+    while i >= 0:
+        out.append(module[:i])
+        i = module.find(".", i + 1)
+    return out
+
+
+class _Matcher:
+    """A policy's allow and deny lists compiled once: patterns indexed by literal module, globs
+    precompiled, and every verdict remembered (the same few globals recur in every file).
+
+    Matching is exactly :meth:`Pattern.matches_allow` / :meth:`Pattern.matches_deny` over every pattern;
+    the index only skips patterns whose literal module cannot match.
+    """
+
+    __slots__ = ("allow", "allow_literal", "allow_wild", "deny", "deny_literal", "deny_wild", "verdicts")
+
+    def __init__(self, allow: tuple[Pattern, ...], deny: tuple[tuple[Pattern, Severity], ...]) -> None:
+        self.allow = allow
+        self.deny = deny
+        # allow: (index, pattern name has a dot, name glob), by literal module or with a module glob
+        self.allow_literal: dict[str, list[tuple[int, bool, Glob]]] = {}
+        self.allow_wild: list[tuple[int, bool, Glob, Glob]] = []
+        for i, pat in enumerate(allow):
+            entry = (i, "." in pat.name, _glob(pat.name))
+            if _is_literal(pat.module):
+                self.allow_literal.setdefault(pat.module, []).append(entry)
+            else:
+                self.allow_wild.append((*entry, _glob(pat.module)))
+        # deny: a module pattern also covers its submodules (``m`` and ``m.*``)
+        self.deny_literal: dict[str, list[tuple[int, Glob]]] = {}
+        self.deny_wild: list[tuple[int, Glob, Glob, Glob]] = []
+        for i, (pat, _sev) in enumerate(deny):
+            if _is_literal(pat.module):
+                self.deny_literal.setdefault(pat.module, []).append((i, _glob(pat.name)))
+            else:
+                self.deny_wild.append((i, _glob(pat.name), _glob(pat.module), _glob(pat.module + ".*")))
+        self.verdicts: dict[tuple[str, str], Verdict] = {}
+
+    def allowed(self, module: str, name: str) -> list[Pattern]:
+        """The allow patterns that admit ``module:name`` (in policy order)."""
+        dotted = "." in name
+        hits = [i for i, pdot, nm_ok in self.allow_literal.get(module, ())
+                if (pdot or not dotted) and nm_ok(name)]
+        hits += [i for i, pdot, nm_ok, mod_ok in self.allow_wild
+                 if (pdot or not dotted) and mod_ok(module) and nm_ok(name)]
+        return [self.allow[i] for i in sorted(hits)]
+
+    def denied(self, pairs: Iterable[tuple[str, str]]) -> tuple[Severity, Pattern] | None:
+        """The worst deny pattern matching any of ``pairs`` (the first listed among equally bad ones)."""
+        best: tuple[Severity, int] | None = None
+        deny = self.deny
+        for module, name in pairs:
+            head = name.split(".", 1)[0]
+            hits = [i for prefix in _dotted_prefixes(module) for i, nm_ok in self.deny_literal.get(prefix, ())
+                    if nm_ok(name) or nm_ok(head)]
+            hits += [i for i, nm_ok, mod_ok, sub_ok in self.deny_wild
+                     if (mod_ok(module) or sub_ok(module)) and (nm_ok(name) or nm_ok(head))]
+            for i in hits:
+                sev = deny[i][1]
+                if best is None or sev > best[0] or (sev == best[0] and i < best[1]):
+                    best = (sev, i)
+        return None if best is None else (best[0], deny[best[1]][0])
+
+
 @dataclass(frozen=True)
 class Policy:
     """Allowlist, denylist and limits shared by the scanner, the CLI and ``safe_load``."""
@@ -395,9 +481,17 @@ class Policy:
     deny: tuple[tuple[Pattern, Severity], ...] = ()
     unknown_severity: Severity = Severity.HIGH
     limits: Limits = field(default_factory=Limits)
+    #: the lists compiled for matching, plus the verdict cache (derived state, not part of the value)
+    _matcher: _Matcher = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matcher", _Matcher(self.allow, self.deny))
 
     @classmethod
     def default(cls) -> Policy:
+        """The built-in policy. Immutable, so one shared instance (and its verdict cache) serves every scan."""
+        if cls is Policy:
+            return _default_policy()
         return cls(
             allow=tuple(Pattern.parse(p) for p in DEFAULT_ALLOW),
             deny=tuple((Pattern.parse(p), s) for p, s in DEFAULT_DENY),
@@ -471,16 +565,26 @@ class Policy:
 
     def verdict(self, module: str, name: str) -> Verdict:
         """Severity (None = allowed), rule id and reason for a global ``module:name``."""
+        cache = self._matcher.verdicts
+        key = (module, name)
+        v = cache.get(key)
+        if v is None:
+            v = self._verdict(module, name)
+            if len(cache) >= _VERDICT_CACHE_MAX:
+                cache.clear()
+            cache[key] = v
+        return v
+
+    def _verdict(self, module: str, name: str) -> Verdict:
         mod, nm = normalize(module, name)
         if not _IDENT.match(mod) or not _IDENT.match(nm):
             # pickle would try to import it anyway (``find_class`` accepts odd strings); never silent
             return Verdict(self.unknown_severity, "BASTION-PICKLE-UNKNOWN-GLOBAL", "malformed global name")
-        worst: tuple[Severity, Pattern] | None = None
-        for pm, pn in {(module, name), (mod, nm), *_reachable_pairs(mod, nm)}:
-            for pat, sev in self.deny:
-                if pat.matches_deny(pm, pn) and (worst is None or sev > worst[0]):
-                    worst = (sev, pat)
-        allowed = [pat for pat in self.allow if pat.matches_allow(mod, nm)]
+        matcher = self._matcher
+        # every spelling that reaches the same object, each once, in a fixed order
+        pairs = dict.fromkeys([(module, name), (mod, nm), *_reachable_pairs(mod, nm)])
+        worst = matcher.denied(pairs)
+        allowed = matcher.allowed(mod, nm)
         # an exact allow entry carves one name out of a denied namespace; a wildcard allow never does
         if worst is not None and not any(pat.exact for pat in allowed):
             return Verdict(worst[0], "BASTION-PICKLE-DANGEROUS", f"denied by {worst[1]}")
@@ -495,3 +599,15 @@ class Policy:
     def classify_global(self, module: str, name: str) -> Severity | None:
         """Severity of naming ``module:name`` in a pickle; None means allowed silently."""
         return self.verdict(module, name).severity
+
+
+_DEFAULT: list[Policy] = []
+
+
+def _default_policy() -> Policy:
+    if not _DEFAULT:
+        _DEFAULT.append(Policy(
+            allow=tuple(Pattern.parse(p) for p in DEFAULT_ALLOW),
+            deny=tuple((Pattern.parse(p), s) for p, s in DEFAULT_DENY),
+        ))
+    return _DEFAULT[0]
