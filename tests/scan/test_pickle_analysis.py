@@ -167,3 +167,25 @@ def test_what_the_real_unpickler_rejects_is_a_parse_finding(data: bytes) -> None
     with pytest.raises(Exception):  # noqa: B017 - any error: the point is that pickle refuses it
         pickle.loads(data)
     assert "BASTION-PARSE" in rules(scan_bytes(data))
+
+
+def test_quick_probe_rejection_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny blobs a probe skips unplayed are exactly those that playing would not call a pickle."""
+    import random
+
+    from bastion.scan import pickle_vm
+
+    rng = random.Random(3)
+    alphabet = b"()]}N.cti\x93\x94qhKJ\x85\x86R0123456789abcdefXU\x8c\n \x80\x04lsue"
+    blobs = [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
+    blobs += [b"1", b"64", b"little", b"3\n", b"08494888479650487350", b"(((((((((((((((((((((((((((((((((("]
+    blobs += [pickle.dumps([1, 2, 3] * 12, proto)[:k] for proto in (0, 2) for k in range(1, 60)]
+    policies = [Policy.default(), Policy.default().extended(limits={"max_opcodes": 3, "max_payload_bytes": 2})]
+    for pol in policies:
+        for evidence in (32, None):
+            quick = [analyze_stream(b, pol, probe=True, evidence_opcodes=evidence) for b in blobs]
+            monkeypatch.setattr(pickle_vm, "_QUICK_PROBE_MAX", -1)
+            slow = [analyze_stream(b, pol, probe=True, evidence_opcodes=evidence) for b in blobs]
+            monkeypatch.undo()
+            for b, q, s in zip(blobs, quick, slow, strict=True):
+                assert (q.is_pickle, q.findings, q.end, q.pickles) == (s.is_pickle, s.findings, s.end, s.pickles), b

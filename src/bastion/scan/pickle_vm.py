@@ -150,6 +150,17 @@ class Opaque(Value):
         return f"<{self.what}>"
 
 
+class Persistent(Opaque):
+    """What a persistent id becomes (a storage, in a PyTorch checkpoint); described only when reported."""
+
+    def __init__(self, pid: Value) -> None:
+        super().__init__("persistent")
+        self.pid = pid
+
+    def describe(self, depth: int = 0) -> str:
+        return f"<persistent {self.pid.describe()}>"
+
+
 # -- the reader genops pulls from ----------------------------------------------------------------------
 
 
@@ -719,7 +730,7 @@ class Machine:
             self.persid_reported = True
             self.report("BASTION-PICKLE-PERSID", Severity.MEDIUM,
                         f"persistent id {pid.describe()} outside a PyTorch checkpoint")
-        self.stack.append(Opaque(f"persistent {pid.describe()}"))
+        self.stack.append(Persistent(pid))
 
     def op_next_buffer(self, arg: Any) -> None:
         self.stack.append(Opaque("out-of-band buffer"))
@@ -848,8 +859,12 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
     """
     limits = policy.limits
     cache = cache if cache is not None else {}
-    args = (policy, torch_context, max_pickles, probe, nested, evidence_opcodes,
-            min(limits.max_opcodes, max_opcodes or limits.max_opcodes), cache)
+    op_limit = min(limits.max_opcodes, max_opcodes or limits.max_opcodes)
+    if probe and len(data) <= _QUICK_PROBE_MAX and _no_evidence_possible(
+            bytes(data), evidence_opcodes, op_limit, limits.max_payload_bytes):
+        # tiny members (a version number, "little", an id): nothing to play
+        return StreamResult([], 0, 0, False)
+    args = (policy, torch_context, max_pickles, probe, nested, evidence_opcodes, op_limit, cache)
     if not probe and len(data) > _FAST_READER_MAX:
         # big blobs (legacy checkpoints: pickles first, gigabytes of storage after) are played from a
         # C-backed copy of their head; only if the pickles run past it is the whole blob read slowly
@@ -862,6 +877,21 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
 
 
 _WINDOWS = (1024**2, 32 * 1024**2)
+_QUICK_PROBE_MAX = 4096
+#: STOP and the opcodes that name a global (GLOBAL, INST, STACK_GLOBAL): what a probe takes as evidence
+_EVIDENCE_OPCODES = (b".", b"c", b"i", b"\x93")
+
+
+def _no_evidence_possible(raw: bytes, evidence_opcodes: int | None, max_opcodes: int, max_payload: int) -> bool:
+    """True when playing ``raw`` cannot make :meth:`PickleResult.looks_like_pickle` true, so a probe can
+    skip it: no byte could be a STOP or a global-naming opcode, and (when a count of opcodes is evidence)
+    there are fewer bytes than that count and too few to hit the opcode or payload limits."""
+    if any(code in raw for code in _EVIDENCE_OPCODES):
+        return False
+    if evidence_opcodes is None:
+        return True
+    n = len(raw)
+    return n < evidence_opcodes and n <= max_opcodes and n <= max_payload
 
 
 def _play(reader: Reader | FastReader, policy: Policy, torch_context: bool, max_pickles: int | None,
