@@ -1,14 +1,15 @@
 """Robustness evaluation: Bastion's ``evaluate`` against torchattacks' and ART's AutoAttack.
 
-    .venv/bin/python bench/evaluate.py --n 100 --eps 0.2 --out /tmp/evaluate.json
+    .venv/bin/python bench/evaluate.py --n 450 --eps 0.2,0.25 --suite standard,autoattack --out /tmp/evaluate.json
 
 One adversarially trained (PGD-AT) SmallCNN on the 8x8 digits, the first ``--n`` test digits, one L-inf
 epsilon at which the model is partly broken. Each evaluator reports robust accuracy (lower is a stronger
 evaluation) and its time; PGD-20 is the baseline every evaluator must beat. Our bar: robust accuracy no
 higher than standard AutoAttack's, in a quarter of its time.
 
-- Bastion: ``bn.evaluate(..., suite="standard", checks=False)`` (and once more with the masking checks on,
-  to show what they cost);
+- Bastion: ``bn.evaluate(..., suite=S, checks=False)`` for each ``--suite`` S (``standard`` by default, the
+  evaluator's default; ``autoattack`` replays AutoAttack's own budgets), and once more with the masking
+  checks on, to show what they cost;
 - torchattacks: ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square 5000), if importable;
 - ART: ``AutoAttack`` with its default members (APGD-CE and APGD-DLR with 5 restarts, DeepFool, Square
   5000), if ``--art`` is given (slow on a CPU).
@@ -92,53 +93,71 @@ def run_art(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100, help="test digits evaluated")
-    ap.add_argument("--eps", type=float, default=0.2, help="L-inf budget for training and evaluation")
-    ap.add_argument("--train-eps", type=float, default=None, help="PGD-AT budget (default: --eps)")
+    ap.add_argument("--n", type=int, default=100, help="test digits evaluated (450 is the whole test split)")
+    ap.add_argument("--eps", default="0.2", help="L-inf budget(s) for evaluation, comma-separated")
+    ap.add_argument("--train-eps", type=float, default=None, help="PGD-AT budget (default: the first --eps)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--suite", default="standard")
+    ap.add_argument("--suite", default="standard", help="Bastion suite(s), comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-checks-run", action="store_true", help="skip the extra run with masking checks on")
     ap.add_argument("--art", action="store_true", help="also run ART's default AutoAttack (slow)")
     ap.add_argument("--no-torchattacks", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, train_wall, _ = _timed(lambda: train_robust(args.train_eps or args.eps, args.epochs, args.width, args.seed))
+    eps_list = [float(e) for e in args.eps.split(",")]
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    train_eps = args.train_eps or eps_list[0]
+    model, train_wall, _ = _timed(lambda: train_robust(train_eps, args.epochs, args.width, args.seed))
     data = bn.datasets.digits()
     x, y = data.x_test[:args.n], data.y_test[:args.n]
     out: dict[str, Any] = {
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
         "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads, "n": args.n,
-        "eps": args.eps, "train_eps": args.train_eps or args.eps, "epochs": args.epochs, "train_wall_s": train_wall,
-        "pgd20": run_pgd20(model, x, y, args.eps),
-        "bastion": run_bastion(model, x, y, args.eps, args.suite, checks=False),
-        "bastion_with_checks": run_bastion(model, x, y, args.eps, args.suite, checks=True),
+        "train_eps": train_eps, "epochs": args.epochs, "train_wall_s": train_wall, "runs": [],
     }
-    if not args.no_torchattacks:
-        out["torchattacks"] = run_torchattacks(model, x, y, args.eps, args.seed)
-    if args.art:
-        out["art"] = run_art(model, x, y, args.eps)
+    rows = []
+    for eps in eps_list:
+        run: dict[str, Any] = {"eps": eps, "pgd20": run_pgd20(model, x, y, eps)}
+        for suite in suites:
+            run[f"bastion:{suite}"] = run_bastion(model, x, y, eps, suite, checks=False)
+            if not args.no_checks_run:
+                run[f"bastion:{suite}+checks"] = run_bastion(model, x, y, eps, suite, checks=True)
+        if not args.no_torchattacks:
+            run["torchattacks"] = run_torchattacks(model, x, y, eps, args.seed)
+        if args.art:
+            run["art"] = run_art(model, x, y, eps)
+        out["runs"].append(run)
+        rows.append(_row(run, args.n, train_eps, suites))
     text = json.dumps(out, indent=2)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text + "\n")
     else:
         print(text)
+    print("\n".join(rows))
+    return 0
 
+
+def _row(run: dict[str, Any], n: int, train_eps: float, suites: list[str]) -> str:
     def cell(key: str) -> str:
-        r = out.get(key)
+        r = run.get(key)
         if not r:
             return "not run"
         if "error" in r:
-            return r["error"]
-        return f"{100 * r['robust_accuracy']:.1f} % in {r['cpu_s']:.1f} s CPU ({r['wall_s']:.1f} s wall)"
+            return str(r["error"])
+        return f"{100 * r['robust_accuracy']:.1f} % in {r['cpu_s']:.1f} s CPU"
 
-    print(f"| evaluate, digits SmallCNN PGD-AT, L-inf ε={args.eps}, n={args.n} | Bastion {args.suite}: "
-          f"{cell('bastion')} | torchattacks AA: {cell('torchattacks')} | ART AA: {cell('art')} | "
-          f"PGD-20: {cell('pgd20')} |")
-    return 0
+    ta = run.get("torchattacks") or {}
+    parts = []
+    for suite in suites:
+        b = run[f"bastion:{suite}"]
+        ratio = f", {ta['cpu_s'] / b['cpu_s']:.1f}x faster than torchattacks AA" if "cpu_s" in ta else ""
+        parts.append(f"Bastion {suite}: {cell(f'bastion:{suite}')}{ratio}")
+    return (f"| evaluate, digits SmallCNN PGD-AT ε={train_eps}, L-inf ε={run['eps']}, n={n} | " + " · ".join(parts)
+            + f" | torchattacks AA: {cell('torchattacks')} | ART AA: {cell('art')} | PGD-20: {cell('pgd20')} |")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def demo_command(
         def on_progress(what: str, done: int, total: int) -> None:
             bar.update(ev_task, description=what, completed=done, total=total)
 
-        result = bn.evaluate(net, x, y, norm="linf", epsilons=values, epsilon_labels=labels, suite="fast",
+        result = bn.evaluate(net, x, y, norm="linf", epsilons=values, epsilon_labels=labels, suite="standard",
                              seed=seed, progress=on_progress)
     model_path, data_path = out / "model.pt", out / "test.npz"
     with warnings.catch_warnings():
@@ -86,6 +86,6 @@ def demo_command(
         console.print(f"{f.severity} {f.check}: {f.message}", highlight=False)
     console.print(f"report:  {written['html']}\nmarkdown: {written['markdown']}\njson:    {written['json']}\n"
                   f"model:   {model_path} (TorchScript)\ndata:    {data_path}", highlight=False)
-    console.print(f"next: bastion evaluate --model {model_path} --data {data_path} --eps 0.1,0.2 --suite fast",
+    console.print(f"next: bastion evaluate --model {model_path} --data {data_path} --eps 0.1,0.2",
                   highlight=False)
     raise typer.Exit(EXIT_OK)

@@ -163,7 +163,7 @@ def harden(
     beta: float = typer.Option(6.0, "--beta", help="TRADES trade-off weight."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
     schedule: str = typer.Option("cyclic", "--schedule", help="cyclic (one-cycle) or constant."),
-    suite: str = typer.Option("fast", "--suite", help="bastion.evaluate suite for the comparison."),
+    suite: str = typer.Option("standard", "--suite", help="bastion.evaluate suite for the comparison."),
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split, initialisation, training)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),

@@ -41,8 +41,10 @@ class HopSkipJump(MinimizationAttack):
     ``queries`` is the per-example budget (counting the first check of the clean input). ``init_evals``
     is both the number of random starts tried per example and the first gradient-estimate sample size;
     the sample grows as ``init_evals * sqrt(t)`` up to ``max_evals``. ``steps`` caps the iterations.
-    Targeted runs start from uniform noise, which rarely lands in the target class on many-class models;
-    such examples are returned unchanged (not successful).
+    Each example starts from the nearest input of its batch that the model already puts in a wanted
+    class (the target, for targeted runs), so include examples of the target class in the batch; without
+    one it tries uniform noise, which rarely lands in a given target on many-class models. Examples with
+    no starting point are returned unchanged (not successful).
     """
 
     name = "HopSkipJump"
