@@ -815,6 +815,24 @@ def keras_cases() -> Iterator[Case]:
     yield Case("h5_lambda_nested", "h5_lambda", "h5", src + " (nested in Bidirectional)", "weights.hdf5",
                _h5(functional))
     yield Case("h5_lambda_lying_ext", "h5_lambda", "h5", src + " (extension .bin)", "keras_model.bin", _h5(seq))
+    # Keras 2 writes no module: a class_name Keras does not define is looked up among custom objects
+    # (get_custom_objects / register_keras_serializable), whose code runs when the layer is built
+    csrc = "Keras 2 custom layer (class resolved from custom objects at load; modelscan H5 scanner gap)"
+    backdoor = {"class_name": "Backdoor", "config": {"name": "bd", "trainable": True, "command": CMD}}
+    custom_seq = {"class_name": "Sequential", "config": {"name": "seq", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 4], "name": "in"}}, backdoor]}}
+    yield Case("h5_custom_layer", "keras2_custom_layer", "h5", csrc, "custom.h5", _h5(custom_seq), "high")
+    nested = {"class_name": "Functional", "config": {"name": "f", "layers": [
+        {"class_name": "TimeDistributed", "config": {"name": "td", "layer": backdoor}, "inbound_nodes": []}]}}
+    yield Case("h5_custom_layer_nested", "keras2_custom_layer", "h5", csrc + " (in a wrapper layer)",
+               "custom_nested.h5", _h5(nested), "high")
+    cell = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "RNN", "config": {"name": "rnn", "cell": {"class_name": "BackdoorCell",
+                                                                 "config": {"units": 4}}}}]}}
+    yield Case("h5_custom_rnn_cell", "keras2_custom_layer", "h5", csrc + " (an RNN cell)", "custom_cell.h5",
+               _h5(cell), "high")
+    yield Case("keras_v2_config_custom_layer", "keras2_custom_layer", "keras", csrc + " (.keras archive)",
+               "custom2.keras", _keras_file(custom_seq), "high")
 
 
 def _onnx_external(location: str) -> bytes:

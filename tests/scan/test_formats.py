@@ -298,6 +298,81 @@ def test_keras_h5() -> None:
     assert_flagged(_h5({"model_config": json.dumps(k2_evil)}), "BASTION-KERAS-LAMBDA", Severity.CRITICAL)
 
 
+def _keras2_model(*layers: dict[str, object]) -> dict[str, object]:
+    """A Keras 2 (tf.keras) functional model_config: no module keys, initializers as nested class_names."""
+    return {"class_name": "Functional", "keras_version": "2.15.0", "backend": "tensorflow",
+            "config": {"name": "model", "layers": [
+                {"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
+                 "config": {"batch_input_shape": [None, 8, 8, 3], "dtype": "float32", "name": "in"}},
+                *layers], "input_layers": [["in", 0, 0]], "output_layers": [["out", 0, 0]]}}
+
+
+_GLOROT = {"class_name": "GlorotUniform", "config": {"seed": None}}
+_K2_BUILTINS: list[dict[str, object]] = [
+    {"class_name": "Conv2D", "config": {"name": "c", "filters": 4, "kernel_size": [3, 3],
+                                        "kernel_initializer": _GLOROT,
+                                        "bias_initializer": {"class_name": "Zeros", "config": {}},
+                                        "kernel_regularizer": {"class_name": "L2", "config": {"l2": 0.01}}}},
+    {"class_name": "BatchNormalization", "config": {"name": "bn", "axis": [3]}},
+    {"class_name": "ReLU", "config": {"name": "r"}},
+    {"class_name": "MaxPooling2D", "config": {"name": "p"}},
+    {"class_name": "TimeDistributed", "config": {"name": "td", "layer": {
+        "class_name": "Dense", "config": {"name": "d", "units": 4, "kernel_initializer": _GLOROT}}}},
+    {"class_name": "Bidirectional", "config": {"name": "bi", "merge_mode": "concat", "layer": {
+        "class_name": "LSTM", "config": {"name": "lstm", "units": 4}}}},
+    {"class_name": "RNN", "config": {"name": "rnn", "cell": [{"class_name": "GRUCell", "config": {"units": 2}},
+                                                          {"class_name": "LSTMCell", "config": {"units": 2}}]}},
+    {"class_name": "TFOpLambda", "config": {"name": "tf.math.add", "function": "math.add"}},
+    {"class_name": "Sequential", "config": {"name": "inner", "layers": [
+        {"class_name": "Flatten", "config": {"name": "f"}}, {"class_name": "Dropout", "config": {"rate": 0.1}},
+        {"class_name": "Dense", "config": {"name": "out", "units": 2, "activation": "softmax"}}]}},
+]
+_TRAINING = {"loss": "sparse_categorical_crossentropy", "metrics": [[{"class_name": "MeanMetricWrapper",
+                                                                        "config": {"name": "accuracy"}}]],
+             "optimizer_config": {"class_name": "Adam", "config": {"name": "Adam", "learning_rate": 0.001}}}
+
+
+def test_keras2_builtin_layers_are_clean() -> None:
+    attrs = {"model_config": json.dumps(_keras2_model(*_K2_BUILTINS)), "training_config": json.dumps(_TRAINING),
+             "keras_version": "2.15.0", "backend": "tensorflow"}
+    assert_clean(_h5(attrs))
+    assert_clean(_keras_zip(_keras2_model(*_K2_BUILTINS)))
+
+
+@pytest.mark.parametrize("where", ["top", "wrapper", "rnn_cell", "cell_list", "inner_model"])
+def test_keras2_custom_layer_is_flagged(where: str) -> None:
+    evil: dict[str, object] = {"class_name": "MyAttention", "config": {"name": "x", "units": 4}}
+    layers = [json.loads(json.dumps(x)) for x in _K2_BUILTINS]
+    if where == "top":
+        layers.append(evil)
+    elif where == "wrapper":
+        layers.append({"class_name": "TimeDistributed", "config": {"name": "td2", "layer": evil}})
+    elif where == "rnn_cell":
+        layers.append({"class_name": "RNN", "config": {"name": "r2", "cell": evil}})
+    elif where == "cell_list":
+        layers.append({"class_name": "RNN", "config": {"name": "r3", "cell": [
+            {"class_name": "GRUCell", "config": {"units": 2}}, evil]}})
+    else:
+        layers.append({"class_name": "Sequential", "config": {"name": "s", "layers": [evil]}})
+    config = _keras2_model(*layers)
+    findings = scan_bytes(_h5({"model_config": json.dumps(config)}), "evil.h5")
+    hits = [f for f in findings if f.rule_id == "BASTION-KERAS-CUSTOM"]
+    assert len(hits) == 1 and hits[0].severity == Severity.HIGH, findings
+    assert "MyAttention" in hits[0].message and "MyAttention" in hits[0].location
+    assert_flagged(_keras_zip(config), "BASTION-KERAS-CUSTOM")
+
+
+def test_keras2_custom_objects_outside_layers_and_the_root_model() -> None:
+    # a subclassed model as the root is custom code too; a training_config root is not a layer
+    root = {"class_name": "MyModel", "config": {"name": "m", "layers": []}}
+    assert_flagged(_h5({"model_config": json.dumps(root)}), "BASTION-KERAS-CUSTOM")
+    assert_clean(_h5({"model_config": json.dumps(_keras2_model()),
+                      "training_config": json.dumps({"class_name": "Whatever", **_TRAINING})}))
+    # Keras 3 layers carry their module, which is what decides there
+    assert_clean(_keras_zip(_keras_config({"module": "keras.layers", "class_name": "NewBuiltin",
+                                           "config": {"name": "n"}, "registered_name": None})))
+
+
 # -- containers ----------------------------------------------------------------------------------------
 
 

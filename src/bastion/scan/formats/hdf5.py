@@ -28,4 +28,4 @@ def scan_hdf5(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
         except ValueError as exc:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, f"attribute {key}", f"not valid JSON ({exc})")
             continue
-        scan_keras_config(ctx, config, inner, f"attribute {key} ")
+        scan_keras_config(ctx, config, inner, f"attribute {key} ", root_is_layer=key == "model_config")

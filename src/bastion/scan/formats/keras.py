@@ -11,6 +11,47 @@ from bastion.scan.findings import Severity
 _MAX_NODES = 1_000_000
 
 
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+#: layer ``class_name`` values that Keras 2 (tf.keras 2.x, tf_keras) and Keras 3 deserialise from their own
+#: code: models, every public layer, the legacy aliases and the TF-op wrappers functional models record.
+#: A layer with no ``module`` key whose class is not here is a custom object: loading looks it up among the
+#: caller's ``custom_objects`` or the registered classes, i.e. code from outside Keras.
+BUILTIN_LAYERS: frozenset[str] = _names("""
+    Sequential Functional Model InputLayer Layer Wrapper
+    Dense EinsumDense Activation Dropout Flatten Reshape Permute RepeatVector Lambda Masking Identity
+    ActivityRegularization SpatialDropout1D SpatialDropout2D SpatialDropout3D Embedding
+    TFOpLambda SlicingOpLambda ClassMethod InstanceMethod InstanceProperty
+    Conv1D Conv2D Conv3D Conv1DTranspose Conv2DTranspose Conv3DTranspose Convolution1D Convolution2D
+    Convolution3D Convolution1DTranspose Convolution2DTranspose Convolution3DTranspose Deconvolution2D
+    Deconvolution3D SeparableConv1D SeparableConv2D SeparableConvolution1D SeparableConvolution2D
+    DepthwiseConv1D DepthwiseConv2D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D
+    ZeroPadding1D ZeroPadding2D ZeroPadding3D ConvLSTM1D ConvLSTM2D ConvLSTM3D LocallyConnected1D
+    LocallyConnected2D
+    MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D MaxPool1D
+    MaxPool2D MaxPool3D AvgPool1D AvgPool2D AvgPool3D GlobalMaxPooling1D GlobalMaxPooling2D GlobalMaxPooling3D
+    GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D GlobalMaxPool1D GlobalMaxPool2D
+    GlobalMaxPool3D GlobalAvgPool1D GlobalAvgPool2D GlobalAvgPool3D
+    Add Subtract Multiply Average Maximum Minimum Concatenate Dot
+    BatchNormalization LayerNormalization UnitNormalization GroupNormalization SyncBatchNormalization
+    SpectralNormalization Normalization
+    RNN SimpleRNN SimpleRNNCell GRU GRUCell LSTM LSTMCell StackedRNNCells Bidirectional TimeDistributed
+    CuDNNGRU CuDNNLSTM PeepholeLSTMCell
+    Attention AdditiveAttention MultiHeadAttention GroupQueryAttention
+    ReLU LeakyReLU PReLU ELU ThresholdedReLU Softmax
+    GaussianNoise GaussianDropout AlphaDropout
+    Rescaling Resizing CenterCrop RandomCrop RandomFlip RandomRotation RandomZoom RandomTranslation
+    RandomContrast RandomHeight RandomWidth RandomBrightness Discretization CategoryEncoding Hashing
+    HashedCrossing IntegerLookup StringLookup TextVectorization DenseFeatures SequenceFeatures
+    RandomFourierFeatures
+""")
+#: keys under which a Keras config nests layers: one layer, or a list of them
+_LAYER_KEYS = frozenset({"layer", "backward_layer", "forward_layer", "cell"})
+_LAYER_LIST_KEYS = frozenset({"layers", "cells"})
+
+
 def scan_keras_config_json(ctx: Context, raw: bytes, where: str) -> None:
     try:
         config = json.loads(raw.decode("utf-8"))
@@ -24,21 +65,28 @@ def _is_keras_module(module: str) -> bool:
     return module == "keras" or module.startswith(("keras.", "tf_keras", "tensorflow.keras", "tensorflow.python.keras"))
 
 
-def scan_keras_config(ctx: Context, config: Any, where: str, prefix: str = "") -> None:
-    """Walk a config tree (iteratively: configs can be deep) and flag what runs code on load."""
-    todo: list[tuple[Any, str]] = [(config, "")]
+def scan_keras_config(ctx: Context, config: Any, where: str, prefix: str = "", root_is_layer: bool = True) -> None:
+    """Walk a config tree (iteratively: configs can be deep) and flag what runs code on load.
+
+    ``root_is_layer``: the tree is a model config (``model_config``, ``config.json``), so its root is a
+    layer too; a ``training_config`` is not.
+    """
+    # (node, path, role): role "layer" for a layer's dict, "layers" for a list of layers, "" otherwise
+    todo: list[tuple[Any, str, str]] = [(config, "", "layer" if root_is_layer else "")]
     seen = 0
     while todo and seen < _MAX_NODES:
-        node, path = todo.pop()
+        node, path, role = todo.pop()
         seen += 1
         if isinstance(node, list):
-            todo.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+            item_role = "layer" if role == "layers" else ""
+            todo.extend((v, f"{path}[{i}]", item_role) for i, v in enumerate(node))
             continue
         if not isinstance(node, dict):
             continue
         cls = node.get("class_name")
         name = node.get("config", {}).get("name") if isinstance(node.get("config"), dict) else None
         label = f"{prefix}{path or '/'}" + (f" ({cls} {name!r})" if cls else "")
+        reported = False
         if cls == "Lambda":
             fn = node.get("config", {}).get("function") if isinstance(node.get("config"), dict) else None
             ftype = node.get("config", {}).get("function_type") if isinstance(node.get("config"), dict) else None
@@ -56,10 +104,23 @@ def scan_keras_config(ctx: Context, config: Any, where: str, prefix: str = "") -
         if isinstance(module, str) and cls and not _is_keras_module(module):
             ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
                      f"object {cls!r} comes from module {module!r}, outside Keras (imported when loaded)")
+            reported = True
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered and not registered.startswith("keras"):
             ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
                      f"custom registered object {registered!r} (its code must be importable to load)")
+            reported = True
+        if (role == "layer" and not reported and isinstance(cls, str) and not isinstance(module, str)
+                and cls not in BUILTIN_LAYERS):
+            # Keras 2 names no module: the class is found among custom objects, i.e. code outside Keras
+            ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
+                     f"layer class {cls!r} is not a built-in Keras layer: loading looks it up among custom "
+                     "objects (code from outside Keras, run when the model is built)")
         for key, value in node.items():
             if isinstance(value, (dict, list)):
-                todo.append((value, f"{path}/{key}"))
+                child = ""
+                if key in _LAYER_LIST_KEYS or (key == "cell" and isinstance(value, list)):
+                    child = "layers"
+                elif key in _LAYER_KEYS:
+                    child = "layer"
+                todo.append((value, f"{path}/{key}", child))
