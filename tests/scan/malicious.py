@@ -587,6 +587,34 @@ def torch_zip(pkl: bytes, prefix: str = "archive", extra: list[tuple[str, bytes]
     return _zip(members + (extra or []))
 
 
+def streamed_zip(pkl: bytes, compression: int = zipfile.ZIP_STORED, last: bool = False) -> bytes:
+    """A PyTorch-style zip written to an unseekable stream: sizes follow each member in a data descriptor
+    (flag 0x08, zeros in the local header), as torch.save's writer also does."""
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.buf = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            self.buf += bytes(b)
+            return len(b)
+
+    out = Unseekable()
+    with zipfile.ZipFile(out, "w", compression) as zf:
+        members = [("archive/data.pkl", pkl), ("archive/byteorder", b"little"), ("archive/version", b"3\n")]
+        if last:  # the payload behind members whose ends only their descriptors tell
+            members = [("archive/data.pkl", _BENIGN), *members[1:], ("archive/data/0", pkl)]
+        for name, data in members:
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.compress_type = compression
+            with zf.open(info, "w") as fh:
+                fh.write(data)
+    return bytes(out.buf)
+
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -738,6 +766,18 @@ def zip_tamper_cases() -> Iterator[Case]:
     deflated = _zip([("archive/data.pkl", pkl), ("archive/version", b"3\n")], zipfile.ZIP_DEFLATED)
     yield Case("zip_flag_deflated_0x1", "zip_flag_0x1", "torch_zip", src, "zip_flag_defl.pt",
                _patch_zip(deflated, flag=0x1), "high")
+    # a central directory that is cut short, overwritten or gone: zipfile cannot open the archive, a
+    # streaming reader still finds every member from its local header (sizes in data descriptors)
+    bsrc = "broken central directory (zipfile refuses; streaming readers and scanners that give up miss it)"
+    for label, data in (("stored", base), ("streamed", streamed_zip(pkl)),
+                        ("streamed_deflated", streamed_zip(pkl, zipfile.ZIP_DEFLATED)),
+                        ("streamed_last", streamed_zip(pkl, last=True))):
+        cd = data.index(b"PK\x01\x02")
+        garbled = bytearray(data)
+        garbled[cd:] = bytes(b ^ 0x5A for b in garbled[cd:])
+        for how, broken in (("truncated", data[:cd + 23]), ("missing", data[:cd]), ("garbled", bytes(garbled))):
+            yield Case(f"zip_cd_{how}_{label}", "zip_broken_central_directory", "torch_zip", bsrc,
+                       f"zip_cd_{how}_{label}.pt", broken, "critical")
 
 
 # -- Keras, HDF5, ONNX, safetensors --------------------------------------------------------------------

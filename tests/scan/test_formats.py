@@ -373,6 +373,64 @@ def test_keras2_custom_objects_outside_layers_and_the_root_model() -> None:
                                            "config": {"name": "n"}, "registered_name": None})))
 
 
+# -- zip with a broken central directory ----------------------------------------------------------------
+
+
+def _break_directory(data: bytes, how: str) -> bytes:
+    cd = data.index(b"PK\x01\x02")
+    if how == "truncated":
+        return data[:cd + 30]
+    if how == "missing":
+        return data[:cd]
+    garbled = bytearray(data)
+    garbled[cd:] = bytes(b ^ 0xA5 for b in garbled[cd:])
+    return bytes(garbled)
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing", "garbled"])
+def test_broken_central_directory_still_scans_every_member(net: torch.nn.Module, how: str) -> None:
+    # torch.save writes zip64 with data descriptors: member sizes are only known from those descriptors
+    evil = _torch_bytes({"w": net.state_dict(), "x": RunsSystem(), "y": torch.zeros(2)})
+    findings = scan_bytes(_break_directory(evil, how), "evil.pt")
+    assert any(f.rule_id == "BASTION-PARSE" and f.severity == Severity.HIGH and f.location == "central directory"
+               for f in findings), findings
+    hits = [f for f in findings if f.rule_id == "BASTION-PICKLE-DANGEROUS"]
+    assert hits and hits[0].location.startswith("archive/data.pkl@") and hits[0].severity == Severity.CRITICAL
+    # each member is cut exactly at its descriptor: no phantom trailing data, nothing unscannable
+    assert {f.rule_id for f in findings} == {"BASTION-PARSE", "BASTION-PICKLE-DANGEROUS"}, findings
+    # the same damage to an ordinary checkpoint is never called clean, and invents no payload
+    good = scan_bytes(_break_directory(_torch_bytes(net.state_dict()), how), "good.pt")
+    assert {f.rule_id for f in good if f.severity >= Severity.MEDIUM} == {"BASTION-PARSE"}, good
+
+
+def test_payload_behind_descriptor_members_is_found() -> None:
+    from .malicious import Call, G, assemble, streamed_zip
+
+    pkl = assemble(Call(G("os", "system"), ("echo",)), 2)
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        data = _break_directory(streamed_zip(pkl, compression, last=True), "missing")
+        findings = scan_bytes(data, "evil.pt")
+        assert [f.location.split("@")[0] for f in findings if f.rule_id == "BASTION-PICKLE-DANGEROUS"] == \
+            ["archive/data/0"], findings
+        assert "BASTION-PARSE" in rules(findings, Severity.HIGH)
+
+
+def test_end_record_that_disagrees_with_the_directory_is_reported(net: torch.nn.Module) -> None:
+    from .malicious import Call, G, assemble, torch_zip
+
+    data = torch_zip(assemble(Call(G("os", "system"), ("echo",)), 2))
+    end = data.rindex(b"PK\x05\x06")
+    moved = bytearray(data)
+    struct.pack_into("<I", moved, end + 16, 3)  # directory offset that points into the first member
+    counted = bytearray(data)
+    struct.pack_into("<HH", counted, end + 8, 9, 9)  # nine entries claimed, four present
+    for bad in (moved, counted):
+        findings = scan_bytes(bytes(bad), "odd.pt")
+        assert "BASTION-ZIP-ANOMALY" in rules(findings, Severity.MEDIUM)
+        assert "BASTION-PICKLE-DANGEROUS" in rules(findings, Severity.CRITICAL)
+    assert_clean(_torch_bytes(net.state_dict()))  # torch's zip64 end records agree with the directory
+
+
 # -- containers ----------------------------------------------------------------------------------------
 
 

@@ -97,6 +97,40 @@ def opens_as_zip(data: memoryview) -> bool:
         return False
 
 
+_EOCD = b"PK\x05\x06"
+_EOCD_FMT = struct.Struct("<4sHHHHIIH")
+_DESCRIPTOR = b"PK\x07\x08"
+
+
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_END = b"PK\x06\x06"
+
+
+def _end_record(data: memoryview) -> tuple[int, int, int, int] | None:
+    """(where the directory ends, entries, directory size, directory offset) from the last end record.
+
+    A zip64 archive (what torch.save writes) puts a zip64 end record between the directory and the
+    classic one; its figures are used then. Values a record does not know are -1.
+    """
+    start = max(0, len(data) - (65535 + 22))
+    tail = bytes(data[start:])
+    at = tail.rfind(_EOCD)
+    if at < 0 or at + 22 > len(tail):
+        return None
+    _sig, _disk, _cd_disk, _n_disk, n_total, size_cd, offset_cd, _clen = _EOCD_FMT.unpack(tail[at:at + 22])
+    end = start + at
+    locator = end - 20
+    if locator >= 0 and bytes(data[locator:locator + 4]) == _ZIP64_LOCATOR:
+        rec = int.from_bytes(bytes(data[locator + 8:locator + 16]), "little")
+        if bytes(data[rec:rec + 4]) != _ZIP64_END or rec + 56 > locator:
+            return end, -1, -1, -1  # a locator pointing nowhere: zipfile says what it makes of that
+        raw = bytes(data[rec + 32:rec + 56])
+        return (rec, int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little"),
+                int.from_bytes(raw[16:], "little"))
+    return (end, -1 if n_total == 0xFFFF else n_total, -1 if size_cd == 0xFFFFFFFF else size_cd,
+            -1 if offset_cd == 0xFFFFFFFF else offset_cd)
+
+
 def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | None:
     try:
         with zipfile.ZipFile(MemFile(data)) as zf:
@@ -106,6 +140,18 @@ def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | Non
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "central directory",
                  f"zip central directory cannot be read ({exc}); scanning entries from the local headers")
         return None
+    end = _end_record(data)
+    if end is not None and bytes(data[:4]) == _LOCAL:
+        at, n_total, size_cd, offset_cd = end
+        # zipfile quietly re-bases a directory that is not where the end record says (and ignores the
+        # entry count); in an archive that starts with its first member either means a corrupt record
+        if offset_cd >= 0 and size_cd >= 0 and at - size_cd != offset_cd:
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, inner, "central directory",
+                     f"end record puts the central directory at 0x{offset_cd:x} ({size_cd} bytes), but it "
+                     f"ends at 0x{at:x}; member offsets were re-based and every local header walked")
+        elif n_total >= 0 and n_total != len(infos):
+            ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, inner, "central directory",
+                     f"end record counts {n_total} entries, the central directory holds {len(infos)}")
     return [_Entry(i.filename, i.header_offset, i.compress_type, i.flag_bits, i.compress_size, i.file_size,
                    i.CRC) for i in infos]
 
@@ -121,6 +167,35 @@ def find(data: memoryview, sig: bytes, start: int) -> int:
             return pos + idx
         pos += step
     return -1
+
+
+def _size_before_descriptor(data: memoryview, body: int) -> int:
+    """Compressed size of a member whose sizes sit in a data descriptor after its bytes.
+
+    Without a central directory the only way to find the end is the descriptor itself: the first
+    ``PK\\x07\\x08`` whose recorded size (32- or 64-bit) equals its distance from the member's start, or an
+    unsigned descriptor right before the next local header. Failing both, the member runs to the next
+    local header (or the end).
+    """
+    pos = body
+    while (at := find(data, _DESCRIPTOR, pos)) >= 0:
+        size = at - body
+        fields = bytes(data[at + 8:at + 16])
+        if len(fields) >= 4 and int.from_bytes(fields[:4], "little") == size:
+            return size
+        if len(fields) == 8 and int.from_bytes(fields, "little") == size:
+            return size
+        pos = at + 1
+    nxt = find(data, _LOCAL, body)
+    end = nxt if nxt >= 0 else len(data)
+    for width in (12, 20):  # CRC + 32-bit sizes, CRC + 64-bit sizes, without the signature
+        size = end - width - body
+        if size >= 0:
+            half = (width - 4) // 2
+            recorded = int.from_bytes(bytes(data[end - width + 4:end - width + 4 + half]), "little")
+            if recorded == size:
+                return size
+    return end - body
 
 
 def _walk_local(data: memoryview, known: dict[int, _Entry]) -> list[_Entry]:
@@ -140,8 +215,7 @@ def _walk_local(data: memoryview, known: dict[int, _Entry]) -> list[_Entry]:
         if listed is not None:
             csize = listed.csize
         elif flags & 0x08 and csize == 0:
-            nxt = find(data, _LOCAL, body)
-            csize = (nxt if nxt >= 0 else len(data)) - body
+            csize = _size_before_descriptor(data, body)
         if listed is None:
             out.append(_Entry(name, pos, method, flags, csize, usize, crc, in_directory=False))
         pos = body + csize
