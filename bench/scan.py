@@ -15,6 +15,11 @@
    in the page cache (read once first; dropping caches needs root, so this is scanning throughput, not
    disk speed), best of ``--repeats``, reported as seconds per GB (wall and CPU).
 
+4. Per small file (``--small-files N``, run on its own): N small files, a quarter each of torch.save state
+   dicts (three 4x4 tensors), plain pickles of a small dict, raw pickles calling os.system and PyTorch zips
+   whose data.pkl calls os.system; each tool scans them one call per file (its Python API, in process),
+   best of ``--repeats``, reported as microseconds per file with the verdict counts.
+
 picklescan and modelscan are optional (``pip install picklescan modelscan``); a missing one is left out.
 Writes everything to ``--out`` as JSON and prints one Markdown row for bench/RESULTS.md.
 """
@@ -209,6 +214,68 @@ def speed(tool_fns: dict[str, tuple[Callable[[Path], Verdict], Callable[[Path], 
     return out
 
 
+def make_small_files(directory: Path, n: int) -> list[Path]:
+    """``n`` small files cycling through four kinds (benign torch zip, benign pickle, evil pickle, evil zip)."""
+    import pickle
+
+    import torch
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    evil = malicious.assemble(malicious.Call(malicious.G("os", "system"), (malicious.CMD,)), 4)
+    paths = []
+    for i in range(n):
+        kind = i % 4
+        path = directory / f"{i:06d}{'.pkl' if kind in (1, 2) else '.pt'}"
+        if kind == 0:
+            torch.save({f"layer{j}.weight": torch.randn(4, 4) for j in range(3)}, path)
+        elif kind == 1:
+            path.write_bytes(pickle.dumps({"w": [1.0, 2.0, i], "name": "m"}, protocol=4))
+        elif kind == 2:
+            path.write_bytes(evil)
+        else:
+            path.write_bytes(malicious.torch_zip(evil))
+        paths.append(path)
+    return paths
+
+
+def small_files(tool_fns: dict[str, tuple[Callable[[Path], Verdict], Callable[[Path], Verdict]]],
+                paths: list[Path], repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"files": len(paths), "bytes": sum(p.stat().st_size for p in paths)}
+    for name, (fn, _) in tool_fns.items():
+        fn(paths[0])  # imports and one-time setup are not per-file costs
+        best = float("inf")
+        counts: dict[str, int] = {}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            verdicts = [fn(p) for p in paths]
+            best = min(best, time.perf_counter() - t0)
+            counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+        out[name] = {"seconds": best, "us_per_file": best / len(paths) * 1e6, "verdicts": counts}
+    return out
+
+
+def main_small_files(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-scan-small-", dir=args.workdir))
+    try:
+        tool_fns = tools()
+        res = small_files(tool_fns, make_small_files(tmp, args.small_files), args.repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "versions": {t: version_of(t) for t in tool_fns},
+        "small_files": res,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    figures = " · ".join(f"{t} {res[t]['us_per_file']:.0f} µs/file ({res[t]['verdicts']})" for t in tool_fns)
+    print(f"| {result['date']} | scan per small file: {res['files']} files, {res['bytes'] / res['files']:.0f} B "
+          f"average, best of {args.repeats} | CPU ({result['machine']}) | `{result['command']}` | {figures} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=2.0, help="size of the generated checkpoint (GB)")
@@ -216,7 +283,12 @@ def main() -> None:
     ap.add_argument("--reduced", action="store_true", help="the test suite's smaller malicious matrix")
     ap.add_argument("--out", type=Path, default=None, help="JSON results")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write corpora (default: a temp dir)")
+    ap.add_argument("--small-files", type=int, default=0, metavar="N",
+                    help="only the per-file benchmark on N generated small files")
     args = ap.parse_args()
+    if args.small_files:
+        main_small_files(args)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="bastion-scan-bench-", dir=args.workdir))
     try:

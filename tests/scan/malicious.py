@@ -71,6 +71,10 @@ zip_flag_* / zip_bad_crc           picklescan tests malicious1_0x1/0x20/0x40.zip
 keras_lambda*, keras_module        Keras Lambda marshal (modelscan issue tracker; mkiani/unsafe-keras),
                                    CVE-2025-1550 (config names an arbitrary module)
 h5_lambda*                         Keras 2 HDF5 ``model_config`` with a Lambda layer (modelscan H5 scanner)
+keras2_custom_layer                Keras 2 config (.h5 / .keras) naming a layer class Keras does not define and no
+                                   module: resolved from custom objects at load (top level, wrapper, RNN cell)
+zip_broken_central_directory       central directory truncated, garbled or missing (zipfile refuses the archive);
+                                   stored members, deflated and stored members with data descriptors, payload last
 onnx_external_*                    ONNX external data path traversal (CVE-2024-27318 / CVE-2024-27319 class)
 safetensors_*                      header validation: overlapping offsets, trailing data, oversized header,
                                    bad dtype, out-of-bounds offsets, shape/size mismatch, non-JSON header
