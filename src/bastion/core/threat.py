@@ -47,6 +47,18 @@ class Norm:
         """Project a perturbation onto the ball of radius eps (per example)."""
         raise NotImplementedError
 
+    def step_in_box(self, grad: Tensor, x_adv: Tensor, lo: float, hi: float, size: float | Tensor) -> Tensor:
+        """An ascent step of norm ``size`` (a number or one per example) from ``x_adv`` inside [lo, hi].
+
+        The plain steepest-ascent step by default; clipping to the bounds happens in the projection.
+        """
+        scale = size if isinstance(size, float | int) else _bcast(size, grad)
+        return scale * self.ascent(grad)
+
+    def project_in_box(self, x: Tensor, cand: Tensor, eps: Tensor, lo: float, hi: float) -> Tensor:
+        """The point of {x + d : |d| <= eps} inside [lo, hi] for ``cand`` (projection, then clipping)."""
+        return (x + self.project(cand - x, eps)).clamp(lo, hi)
+
     def __repr__(self) -> str:
         return self.name
 
@@ -94,6 +106,10 @@ class L2Norm(Norm):
         return delta * _bcast(factor, delta)
 
 
+#: halvings of the L1-box projection's threshold interval: 2^-40 of the largest coordinate is below float32 noise
+_L1_BISECTIONS = 40
+
+
 class L1Norm(Norm):
     name = "l1"
     p = 1.0
@@ -137,6 +153,45 @@ class L1Norm(Norm):
         proj = torch.where((eps <= 0).unsqueeze(1), torch.zeros_like(proj), proj)
         out = torch.where(inside.unsqueeze(1), flat, proj)
         return out.reshape(delta.shape)
+
+    # The box matters for L1 ("Mind the box", Croce & Hein, ICML 2021): a sparse step spends its whole
+    # budget on a few coordinates, and when those sit at a bound (a black digit background) clipping throws
+    # the step away. The step here is the best one that fits the box: coordinates in order of |gradient|,
+    # each given at most its room towards the bound and at most size/k (k: the sparse step's width), until
+    # the step's L1 size is spent. The projection is onto the intersection of the ball and the box.
+    def step_in_box(self, grad: Tensor, x_adv: Tensor, lo: float, hi: float, size: float | Tensor) -> Tensor:
+        g, xa = _flat(grad), _flat(x_adv)
+        room = torch.where(g > 0, hi - xa, xa - lo).clamp_min(0).masked_fill(g == 0, 0)
+        k = max(1, math.ceil((1 - self.sparsity_quantile) * g.shape[1]))
+        total = torch.as_tensor(size, dtype=g.dtype, device=g.device).reshape(-1, 1).expand(g.shape[0], 1)
+        order = g.abs().argsort(dim=1, descending=True)
+        cap = torch.minimum(room, total / k).gather(1, order)
+        before = cap.cumsum(dim=1) - cap
+        share = torch.minimum(cap, (total - before).clamp_min(0))
+        step = torch.zeros_like(g).scatter(1, order, share)
+        return (g.sign() * step).reshape(grad.shape)
+
+    def project_in_box(self, x: Tensor, cand: Tensor, eps: Tensor, lo: float, hi: float) -> Tensor:
+        # Exact Euclidean projection onto {|d|_1 <= eps} and lo <= x + d <= hi. The problem is separable:
+        # d_i(theta) = clip(soft_threshold(z_i, theta), lo - x_i, hi - x_i), with theta >= 0 the smallest value
+        # whose L1 norm fits; that norm falls monotonically in theta, so bisection finds it.
+        z = _flat(cand - x)
+        low, high = _flat(lo - x), _flat(hi - x)
+
+        def at(theta: Tensor) -> Tensor:
+            return torch.minimum(torch.maximum(z.sign() * (z.abs() - theta).clamp_min(0), low), high)
+
+        budget = eps.to(z.dtype).reshape(-1, 1)
+        a = torch.zeros_like(budget)  # theta too small (or exactly right when the clipped point fits)
+        b = z.abs().amax(dim=1, keepdim=True)  # theta large enough: d = 0
+        fits = at(a).abs().sum(dim=1, keepdim=True) <= budget
+        for _ in range(_L1_BISECTIONS):
+            mid = (a + b) / 2
+            ok = at(mid).abs().sum(dim=1, keepdim=True) <= budget
+            b = torch.where(ok, mid, b)
+            a = torch.where(ok, a, mid)
+        d = torch.where(fits, at(torch.zeros_like(b)), at(b))
+        return x + d.reshape(x.shape)
 
 
 Linf = LinfNorm()

@@ -94,8 +94,8 @@ def maximize(forward: Forward, x: Tensor, y: Tensor, *, norm: str | Norm = "linf
             out = forward(x + delta)
         obj = ascent_loss(out, y, loss, clean_probs) * scale
         (grad,) = torch.autograd.grad(obj, delta)
-        delta = geo.project(delta.detach() + alpha * geo.ascent(grad), eps_t)
-        delta = (x + delta).clamp(lo, hi) - x
+        xa = x + delta.detach()
+        delta = geo.project_in_box(x, xa + geo.step_in_box(grad, xa, lo, hi, alpha), eps_t, lo, hi) - x
     return (x + delta).detach()
 
 

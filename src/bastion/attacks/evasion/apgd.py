@@ -123,7 +123,7 @@ class APGD(FixedEpsilonAttack):
         e = torch.full((n,), eps, device=x.device, dtype=x.dtype)
 
         def proj(z: Tensor, xw: Tensor, ew: Tensor) -> Tensor:
-            return (xw + norm.project(z - xw, ew)).clamp(lo, hi)
+            return norm.project_in_box(xw, z, ew, lo, hi)
 
         def evaluate(s: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
             fn = bind(obj, s["y"], s.get("guide"))
@@ -156,7 +156,7 @@ class APGD(FixedEpsilonAttack):
                     return out, out_ok, out_val
             done = s["done"]
             a = 1.0 if k == 1 else self.momentum
-            z = proj(s["xa"] + bcast(s["eta"], x) * norm.ascent(s["g"]), s["x"], s["e"])
+            z = proj(s["xa"] + norm.step_in_box(s["g"], s["xa"], lo, hi, s["eta"]), s["x"], s["e"])
             xn = proj(s["xa"] + a * (z - s["xa"]) + (1 - a) * (s["xa"] - s["xp"]), s["x"], s["e"])
             s["xp"], s["xa"] = s["xa"], torch.where(bcast(done, xn), s["xa"], xn)
             val, grad, adv = evaluate(s)

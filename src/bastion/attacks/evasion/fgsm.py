@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bastion.attacks.evasion._grad import bcast, value_and_grad
+from bastion.attacks.evasion._grad import value_and_grad
 from bastion.attacks.evasion._losses import bind, check_loss, objective
 from bastion.attacks.evasion.base import FixedEpsilonAttack
 from bastion.core.adapters import Model
@@ -31,6 +31,5 @@ class FGSM(FixedEpsilonAttack):
         obj = objective(self.loss, target is not None)
         _, grad, _ = value_and_grad(net, x, bind(obj, y, target))
         e = torch.full((x.shape[0],), eps, device=x.device, dtype=x.dtype)
-        delta = self.norm.project(bcast(e, x) * self.norm.ascent(grad), e)
         lo, hi = model.bounds
-        return (x + delta).clamp(lo, hi)
+        return self.norm.project_in_box(x, x + self.norm.step_in_box(grad, x, lo, hi, e), e, lo, hi)

@@ -102,8 +102,8 @@ class PGD(FixedEpsilonAttack):
                 if keep.numel() == 0:
                     return out, seen
             _, grad, logits = value_and_grad(net, xa, bind(obj, yw, tw), self.precision)
-            moved = xa + step * self.norm.ascent(grad)
-            moved = (xw + self.norm.project(moved - xw, ew)).clamp(lo, hi)
+            moved = xa + self.norm.step_in_box(grad, xa, lo, hi, step)
+            moved = self.norm.project_in_box(xw, moved, ew, lo, hi)
             if self.early_exit:
                 # An example already adversarial stays where it is (decided on device, no sync).
                 done = done | is_adversarial(logits.argmax(dim=1), yw, tw)
