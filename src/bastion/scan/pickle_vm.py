@@ -1,6 +1,6 @@
 """A symbolic pickle machine: follows the stack and the memo without importing or calling anything.
 
-``pickletools.genops`` decodes opcodes; this module plays them on symbolic values (a global reference,
+:mod:`bastion.scan.opcodes` decodes opcodes; this module plays them on symbolic values (a global reference,
 the result of a call, a constant, a container) so it knows which globals a pickle imports, which it
 actually calls and with which arguments, even when names come from the memo (STACK_GLOBAL fed by
 BINGET) or from another call (``getattr(module, "system")``). Nothing here ever imports a module
@@ -9,13 +9,24 @@ named by the data.
 
 from __future__ import annotations
 
-import io
-import pickletools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.scan.findings import Severity
+from bastion.scan.opcodes import (
+    ARG_READERS,
+    KINDS,
+    NAMES,
+    NO_ARG,
+    NO_LIMIT,
+    UINT1,
+    UNKNOWN,
+    Buffer,
+    LimitError,
+    OutOfData,
+    PickleError,
+)
 from bastion.scan.policy import Policy, Verdict
 
 #: ``(rule_id, severity, location, message, global_name)`` as the machine reports them
@@ -36,16 +47,7 @@ _NESTED_LOADERS = {
 }
 
 
-class PickleError(Exception):
-    """The pickle is malformed (a real unpickler would stop here, possibly after running a call)."""
-
-
-class LimitError(PickleError):
-    """An opcode or payload limit was hit."""
-
-
-class OutOfData(PickleError):
-    """The pickle needs more bytes than the reader holds (truncated, or a window too small)."""
+__all__ = ["LimitError", "OutOfData", "PickleError", "StreamResult", "analyze_stream"]
 
 
 # -- symbolic values ------------------------------------------------------------------------------------
@@ -161,76 +163,19 @@ class Persistent(Opaque):
         return f"<persistent {self.pid.describe()}>"
 
 
-# -- the reader genops pulls from ----------------------------------------------------------------------
+# -- what the machine reads -------------------------------------------------------------------------------
 
-
-class Reader:
-    """A seekable read-only view over bytes, an mmap or a memoryview; reads are capped in size."""
-
-    def __init__(self, data: bytes | memoryview, pos: int = 0, max_read: int = 1 << 62) -> None:
-        self.mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
-        self.pos = pos
-        self.max_read = max_read
-
-    def __len__(self) -> int:
-        return len(self.mv)
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int) -> None:
-        self.pos = pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.mv) if n < 0 else min(len(self.mv), self.pos + n)
-        if end - self.pos > self.max_read:
-            raise LimitError(f"a {end - self.pos}-byte constant is over the payload limit ({self.max_read})")
-        out = bytes(self.mv[self.pos:end])
-        self.pos = end
-        return out
-
-    def readline(self) -> bytes:
-        start = self.pos
-        size = len(self.mv)
-        step = 256
-        while self.pos < size:
-            chunk = bytes(self.mv[self.pos:min(size, self.pos + step)])
-            idx = chunk.find(b"\n")
-            if idx >= 0:
-                self.pos += idx + 1
-                return bytes(self.mv[start:self.pos])
-            self.pos += len(chunk)
-            if self.pos - start > self.max_read:
-                raise LimitError("a text line in the pickle is over the payload limit")
-            step = min(step * 4, 1 << 20)
-        return bytes(self.mv[start:self.pos])
-
-
-class FastReader(io.BytesIO):
-    """An in-memory copy read by C code: several times faster per opcode than :class:`Reader`.
-
-    Used for blobs up to ``_FAST_READER_MAX`` bytes, where the copy is cheap; payload sizes are then
-    bounded by the blob itself.
-    """
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        super().__init__(data)
-        self.size = len(data)
-        self.mv = memoryview(self.getbuffer())
-
-    def __len__(self) -> int:
-        return self.size
-
-
+#: known pickles up to this size are played from a ``bytes`` copy (cheap to index); larger blobs and
+#: probes (mostly tensor bytes that stop parsing within a few opcodes) from a zero-copy memoryview
 _FAST_READER_MAX = 256 * 1024**2
 
 
-def make_reader(data: bytes | memoryview, max_read: int, probe: bool = False) -> Reader | FastReader:
-    """The C-backed copy for known pickles up to 256 MiB; a zero-copy view for probes (most probes are
-    tensor bytes that stop parsing within a few opcodes) and for larger blobs."""
+def _source(data: Buffer, max_read: int, probe: bool) -> tuple[Buffer, int]:
+    """``(buffer, payload cap)`` to play ``data`` from: an uncapped ``bytes`` copy for known pickles up
+    to 256 MiB (payload sizes are then bounded by the blob itself), else a capped zero-copy view."""
     if len(data) <= _FAST_READER_MAX and not probe:
-        return FastReader(data)
-    return Reader(data, max_read=max_read)
+        return bytes(data), NO_LIMIT
+    return memoryview(data).cast("B"), max_read
 
 
 # -- the machine ----------------------------------------------------------------------------------------
@@ -281,10 +226,12 @@ Nested = Callable[[bytes, str], list[RawFinding]]
 class Machine:
     """Plays one pickle symbolically. Create one per pickle; call :meth:`run`."""
 
-    def __init__(self, reader: Reader | FastReader, policy: Policy, *, torch_context: bool = False,
-                 nested: Nested | None = None, cache: dict[tuple[str, str], Verdict] | None = None,
-                 label: str = "") -> None:
-        self.r = reader
+    def __init__(self, buf: Buffer, policy: Policy, *, at: int = 0, limit: int = NO_LIMIT,
+                 torch_context: bool = False, nested: Nested | None = None,
+                 cache: dict[tuple[str, str], Verdict] | None = None, label: str = "") -> None:
+        self.buf = buf
+        self.at = at  # read position: where :meth:`run` starts, and where it stopped after it
+        self.limit = limit  # payload cap of this buffer's reads (see bastion.scan.opcodes)
         self.policy = policy
         self.torch_context = torch_context
         self.nested = nested
@@ -299,6 +246,7 @@ class Machine:
         self.index = 0
         self.pos = 0
         self.persid_reported = False
+        self.joblib_state: Value | None = None
 
     # helpers -------------------------------------------------------------------------------------------
 
@@ -389,37 +337,71 @@ class Machine:
     # the main loop -----------------------------------------------------------------------------------
 
     def run(self, max_opcodes: int) -> PickleResult:
-        start = self.r.tell()
+        buf = self.buf
+        end = len(buf)
+        limit = self.limit
+        pos = start = self.at
         result = PickleResult([], start, start)
+        kinds = KINDS
+        readers = ARG_READERS
+        handlers = _BY_BYTE
+        index = self.index
         try:
-            handlers = _BY_CODE
-            index = self.index
-            for opcode, arg, pos in pickletools.genops(self.r):  # type: ignore[arg-type]
-                # the hot loop: locals only, one dict lookup per opcode
-                self.pos = pos or 0  # our readers always tell() a position
+            if limit < 1 and pos < end:
+                raise LimitError(f"a 1-byte constant is over the payload limit ({limit})", pos)
+            while True:
+                # the hot loop: locals only, a kind and a handler looked up by the opcode byte
+                if pos >= end:
+                    raise PickleError("pickle exhausted before seeing STOP", pos)
+                op = pos
+                code = buf[pos]
+                kind = kinds[code]
+                if kind == NO_ARG:
+                    arg = None
+                    pos += 1
+                elif kind == UINT1:
+                    pos += 2
+                    if pos > end:
+                        raise PickleError("not enough data in stream to read uint1", end)
+                    arg = buf[pos - 1]
+                elif kind == UNKNOWN:
+                    raise PickleError(f"at position {pos}, opcode {bytes([code])!r} unknown", pos + 1)
+                else:
+                    arg, pos = readers[code](buf, pos + 1, end, limit)  # type: ignore[misc]
+                self.pos = op
                 index += 1
                 self.index = index
                 if index > max_opcodes:
                     raise LimitError(f"more than {max_opcodes} opcodes (limit max_opcodes)")
-                handler = handlers.get(opcode.code)
-                if handler is None:
-                    raise PickleError(f"opcode {opcode.name} is not understood by the scanner")
-                handler(self, arg)
-            result.complete = True  # genops stops right after STOP
-        except LimitError as exc:
-            result.error = str(exc)
-            result.limit_hit = True
-        except OutOfData as exc:
-            result.error = str(exc)
-            result.out_of_data = True
-        except (PickleError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError,
-                OverflowError, EOFError) as exc:
+                if handlers[code](self, arg):
+                    # FRAME checks, BUILD may move past inline joblib array bytes, STOP ends the pickle
+                    if code == _STOP:
+                        result.complete = True
+                        break
+                    pos = self.moved(code, arg, pos)
+        except PickleError as exc:
             result.error = str(exc) or type(exc).__name__
-        result.end = self.r.tell()
+            result.limit_hit = isinstance(exc, LimitError)
+            result.out_of_data = isinstance(exc, OutOfData)
+            if exc.at is not None:
+                pos = exc.at
+        except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, OverflowError,
+                EOFError) as exc:
+            result.error = str(exc) or type(exc).__name__
+        self.at = result.end = pos
         result.opcodes = self.index
         result.globals_seen = self.globals_seen
         result.findings = self._findings() + self.extra
         return result
+
+    def moved(self, code: int, arg: Any, pos: int) -> int:
+        """Opcodes that look at or move the read position: returns where reading goes on."""
+        if code == _FRAME:
+            # the real unframer reads the whole frame first: one that runs past the data fails there
+            if pos + int(arg) > len(self.buf):
+                raise OutOfData(f"FRAME of {arg} bytes runs past the end of the data")
+            return pos
+        return self._skip_joblib_array(pos)
 
     def _findings(self) -> list[RawFinding]:
         out: list[RawFinding] = []
@@ -657,7 +639,7 @@ class Machine:
             raise PickleError("OBJ without a class")
         self.stack.append(self.call(items[0], Seq("tuple", items[1:_MAX_ITEMS]), "instantiation"))
 
-    def op_build(self, arg: Any) -> None:
+    def op_build(self, arg: Any) -> bool:
         state = self.pop()
         obj = self.top()
         if isinstance(obj, GlobalRef):
@@ -669,10 +651,14 @@ class Machine:
             func = obj.func
             if isinstance(func, GlobalRef) and func.name == "NumpyArrayWrapper" and \
                     func.module.startswith("joblib"):
-                self._skip_joblib_array(state)
+                self.joblib_state = state
+                return True  # the run loop calls moved(), which steps over the array bytes
+        return False
 
-    def _skip_joblib_array(self, state: Value) -> None:
-        """joblib writes array bytes straight after the wrapper's BUILD: step over them (or scan them)."""
+    def _skip_joblib_array(self, pos: int) -> int:
+        """joblib writes array bytes straight after the wrapper's BUILD: step over them (or scan them);
+        returns where reading goes on."""
+        state = self.joblib_state
         if not isinstance(state, DictV):
             raise PickleError("joblib NumpyArrayWrapper without a state dict")
         shape = state.get("shape")
@@ -689,29 +675,27 @@ class Machine:
         itemsize, has_object = _dtype_info(dtype)
         if has_object:
             # an object array is a whole nested pickle, played by a fresh unpickler: scan it in place
-            inner = Machine(self.r, self.policy, nested=self.nested, cache=self.cache,
-                            label=f"{self.label}joblib object array@")
+            inner = Machine(self.buf, self.policy, at=pos, limit=self.limit, nested=self.nested,
+                            cache=self.cache, label=f"{self.label}joblib object array@")
             res = inner.run(max_opcodes=10_000_000)
             self.extra.extend(res.findings)
             if not res.complete:
-                raise PickleError(f"joblib object array: {res.error}")
-            return
-        region = self.r.tell()
+                raise PickleError(f"joblib object array: {res.error}", res.end)
+            return res.end
+        region = start = pos
         if state.get("numpy_array_alignment_bytes") is not None:
-            pad = self.r.read(1)
-            if len(pad) != 1:
-                raise PickleError("joblib array padding byte missing")
-            self.r.seek(self.r.tell() + pad[0])
+            if pos >= len(self.buf):
+                raise PickleError("joblib array padding byte missing", pos)
+            start = pos + 1 + self.buf[pos]
         size = count * itemsize
-        start = self.r.tell()
-        if start + size > len(self.r):
-            raise PickleError(f"joblib array of {size} bytes runs past the end of the data")
+        if start + size > len(self.buf):
+            raise PickleError(f"joblib array of {size} bytes runs past the end of the data", start)
         self._probe_skipped(region, start + size)
-        self.r.seek(start + size)
+        return start + size
 
     def _probe_skipped(self, start: int, end: int) -> None:
         """joblib steps over array bytes, but plain pickle.load would read them as opcodes: probe them."""
-        res = analyze_stream(self.r.mv[start:end], self.policy, probe=True, evidence_opcodes=None,
+        res = analyze_stream(memoryview(self.buf)[start:end], self.policy, probe=True, evidence_opcodes=None,
                              max_opcodes=100_000, cache=self.cache, max_pickles=1)
         if res.is_pickle:
             label = f"{self.label}joblib array data at 0x{start:x}, "
@@ -742,13 +726,12 @@ class Machine:
         if not 0 <= int(arg) <= _HIGHEST_PROTOCOL:
             raise PickleError(f"unsupported pickle protocol {arg}")
 
-    def op_frame(self, arg: Any) -> None:
-        # the real unframer reads the whole frame first: one that runs past the data fails there
-        if self.r.tell() + int(arg) > len(self.r):
-            raise OutOfData(f"FRAME of {arg} bytes runs past the end of the data")
+    def op_frame(self, arg: Any) -> bool:
+        return True  # checked by moved(), which knows the read position
 
-    def op_stop(self, arg: Any) -> None:
+    def op_stop(self, arg: Any) -> bool:
         self.pop()
+        return True
 
 
 def _is_plain_data(v: Value) -> bool:
@@ -800,7 +783,7 @@ def _fields_have_object(fields: Value | None) -> bool:
     return False
 
 
-_HANDLERS: dict[str, Callable[[Machine, Any], None]] = {}
+_HANDLERS: dict[str, Callable[[Machine, Any], bool | None]] = {}
 for _name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
               "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
               "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"):
@@ -828,8 +811,12 @@ _HANDLERS.update({
 })
 
 
-_BY_CODE: dict[str, Callable[[Machine, Any], None]] = {
-    op.code: _HANDLERS[op.name] for op in pickletools.opcodes if op.name in _HANDLERS}
+#: per opcode byte, its handler; a true return asks the run loop to call Machine.moved (or to stop)
+_BY_BYTE: list[Callable[[Machine, Any], bool | None]] = [Machine.op_noop] * 256
+for _code, _name in NAMES.items():
+    _BY_BYTE[_code] = _HANDLERS[_name]
+_STOP = 0x2E
+_FRAME = 0x95
 
 
 # -- whole pickle streams -------------------------------------------------------------------------------
@@ -869,10 +856,11 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
         # big blobs (legacy checkpoints: pickles first, gigabytes of storage after) are played from a
         # C-backed copy of their head; only if the pickles run past it is the whole blob read slowly
         for size in _WINDOWS:
-            result, ran_out = _play(FastReader(memoryview(data)[:size]), *args)
+            result, ran_out = _play(bytes(memoryview(data)[:size]), NO_LIMIT, *args)
             if not ran_out:
                 return result
-    result, _ = _play(make_reader(data, limits.max_payload_bytes, probe=probe), *args)
+    buf, limit = _source(data, limits.max_payload_bytes, probe)
+    result, _ = _play(buf, limit, *args)
     return result
 
 
@@ -894,24 +882,28 @@ def _no_evidence_possible(raw: bytes, evidence_opcodes: int | None, max_opcodes:
     return n < evidence_opcodes and n <= max_opcodes and n <= max_payload
 
 
-def _play(reader: Reader | FastReader, policy: Policy, torch_context: bool, max_pickles: int | None,
+def _play(buf: Buffer, limit: int, policy: Policy, torch_context: bool, max_pickles: int | None,
           probe: bool, nested: Nested | None, evidence_opcodes: int | None, max_opcodes: int,
           cache: dict[tuple[str, str], Verdict]) -> tuple[StreamResult, bool]:
-    """The stream loop of :func:`analyze_stream`; also says whether a pickle ran into the reader's end."""
+    """The stream loop of :func:`analyze_stream`; also says whether a pickle ran into the buffer's end."""
     findings: list[RawFinding] = []
     count = 0
     end = 0
     failed = False
     ran_out = False
-    while reader.tell() < len(reader) and (max_pickles is None or count < max_pickles):
-        start = reader.tell()
+    size = len(buf)
+    pos = 0
+    while pos < size and (max_pickles is None or count < max_pickles):
+        start = pos
         label = f"pickle {count + 1}, " if count else ""
-        machine = Machine(reader, policy, torch_context=torch_context, nested=nested, cache=cache, label=label)
+        machine = Machine(buf, policy, at=pos, limit=limit, torch_context=torch_context, nested=nested,
+                          cache=cache, label=label)
         res = machine.run(max_opcodes)
-        ran_out = ran_out or res.out_of_data or (res.error is not None and res.end >= len(reader))
+        pos = res.end
+        ran_out = ran_out or res.out_of_data or (res.error is not None and res.end >= size)
         first = count == 0
         if not res.looks_like_pickle(evidence_opcodes) and (probe or not first):
-            reader.seek(start)
+            pos = start
             break
         count += 1
         findings.extend(res.findings)
@@ -925,6 +917,6 @@ def _play(reader: Reader | FastReader, policy: Policy, torch_context: bool, max_
             failed = True
             break
         end = res.end
-    # stopping at the reader's end says nothing about what lies after a window: read further
-    ran_out = ran_out or reader.tell() >= len(reader)
+    # stopping at the buffer's end says nothing about what lies after a window: read further
+    ran_out = ran_out or pos >= size
     return StreamResult(findings, count, end, count > 0, failed), ran_out
