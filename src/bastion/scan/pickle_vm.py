@@ -45,6 +45,9 @@ _NESTED_LOADERS = {
     ("dill", "loads"),
     ("cloudpickle", "loads"),
 }
+#: every call :meth:`Machine._special_call` looks into
+_SPECIAL_CALLS = frozenset({("_codecs", "encode"), ("builtins", "getattr"), ("__builtin__", "getattr"),
+                            *_NESTED_LOADERS})
 
 
 __all__ = ["LimitError", "OutOfData", "PickleError", "StreamResult", "analyze_stream"]
@@ -54,11 +57,13 @@ __all__ = ["LimitError", "OutOfData", "PickleError", "StreamResult", "analyze_st
 
 
 class Value:
+    __slots__ = ()
+
     def describe(self, depth: int = 0) -> str:
         return "?"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Const(Value):
     value: Any
 
@@ -70,7 +75,7 @@ class Const(Value):
         return text if len(text) <= 80 else text[:77] + "..."
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class GlobalRef(Value):
     module: str
     name: str
@@ -83,7 +88,7 @@ class GlobalRef(Value):
         return self.qualname
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call(Value):
     func: Value
     args: Value
@@ -99,7 +104,7 @@ class Call(Value):
         return f"{self.func.describe(depth + 1)}({args})"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Seq(Value):
     kind: str  # tuple, list, set, frozenset
     items: list[Value] = field(default_factory=list)
@@ -121,7 +126,7 @@ class Seq(Value):
         return f"[{inner}]" if self.kind == "list" else f"{self.kind}({{{inner}}})"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class DictV(Value):
     items: list[tuple[Value, Value]] = field(default_factory=list)
     dropped: int = 0
@@ -144,7 +149,7 @@ class DictV(Value):
         return "{" + inner + (", ..." if len(self.items) > 6 or self.dropped else "") + "}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Opaque(Value):
     what: str
 
@@ -155,8 +160,10 @@ class Opaque(Value):
 class Persistent(Opaque):
     """What a persistent id becomes (a storage, in a PyTorch checkpoint); described only when reported."""
 
+    __slots__ = ("pid",)
+
     def __init__(self, pid: Value) -> None:
-        super().__init__("persistent")
+        self.what = "persistent"
         self.pid = pid
 
     def describe(self, depth: int = 0) -> str:
@@ -314,6 +321,8 @@ class Machine:
 
     def _special_call(self, func: GlobalRef, args: Value) -> Value | None:
         """Follow calls that name further globals or carry nested pickles."""
+        if (func.module, func.name) not in _SPECIAL_CALLS:
+            return None
         items = args.items if isinstance(args, Seq) else []
         if (func.module, func.name) == ("_codecs", "encode") and len(items) == 2:
             text, enc = items
@@ -455,14 +464,12 @@ class Machine:
         self.stack = []
 
     def op_list(self, arg: Any) -> None:
-        s = Seq("list")
-        s.add(self.pop_mark())
-        self.stack.append(s)
+        items = self.pop_mark()
+        self.stack.append(Seq("list", items[:_MAX_ITEMS], max(0, len(items) - _MAX_ITEMS)))
 
     def op_tuple(self, arg: Any) -> None:
-        s = Seq("tuple")
-        s.add(self.pop_mark())
-        self.stack.append(s)
+        items = self.pop_mark()
+        self.stack.append(Seq("tuple", items[:_MAX_ITEMS], max(0, len(items) - _MAX_ITEMS)))
 
     def op_frozenset(self, arg: Any) -> None:
         s = Seq("frozenset")
@@ -477,10 +484,17 @@ class Machine:
         self.stack.append(Seq("tuple", items))
 
     def op_tuple1(self, arg: Any) -> None:
-        self._tuple_n(1)
+        stack = self.stack
+        if not stack:
+            raise PickleError("stack underflow")
+        stack[-1] = Seq("tuple", [stack[-1]])
 
     def op_tuple2(self, arg: Any) -> None:
-        self._tuple_n(2)
+        stack = self.stack
+        if len(stack) < 2:
+            raise PickleError("stack underflow")
+        second = stack.pop()
+        stack[-1] = Seq("tuple", [stack[-1], second])
 
     def op_tuple3(self, arg: Any) -> None:
         self._tuple_n(3)
@@ -563,6 +577,18 @@ class Machine:
 
     def op_pop_mark(self, arg: Any) -> None:
         self.pop_mark()
+
+    def op_binget(self, arg: int) -> None:
+        value = self.memo.get(arg)
+        if value is None:
+            raise PickleError(f"memo key {arg} read before it was written")
+        self.stack.append(value)
+
+    def op_binput(self, arg: int) -> None:
+        stack = self.stack
+        if not stack:
+            raise PickleError("stack underflow")
+        self.memo[arg] = stack[-1]
 
     def op_get(self, arg: Any) -> None:
         key = int(arg)
@@ -798,8 +824,8 @@ _HANDLERS.update({
     "APPEND": Machine.op_append, "APPENDS": Machine.op_appends, "ADDITEMS": Machine.op_additems,
     "SETITEM": Machine.op_setitem, "SETITEMS": Machine.op_setitems,
     "POP": Machine.op_pop, "DUP": Machine.op_dup, "POP_MARK": Machine.op_pop_mark,
-    "GET": Machine.op_get, "BINGET": Machine.op_get, "LONG_BINGET": Machine.op_get,
-    "PUT": Machine.op_put, "BINPUT": Machine.op_put, "LONG_BINPUT": Machine.op_put,
+    "GET": Machine.op_get, "BINGET": Machine.op_binget, "LONG_BINGET": Machine.op_binget,
+    "PUT": Machine.op_put, "BINPUT": Machine.op_binput, "LONG_BINPUT": Machine.op_binput,
     "MEMOIZE": Machine.op_memoize,
     "EXT1": Machine.op_ext, "EXT2": Machine.op_ext, "EXT4": Machine.op_ext,
     "GLOBAL": Machine.op_global, "STACK_GLOBAL": Machine.op_stack_global, "INST": Machine.op_inst,
