@@ -52,12 +52,12 @@ _READ_MAX = 4 << 20
 
 
 def _scan_file(path: Path, policy: Policy) -> tuple[list[Finding], int]:
-    size = path.stat().st_size
+    size = os.stat(path).st_size
     if size == 0:
         return [], 0
-    with path.open("rb") as fh:
+    with open(path, "rb", buffering=0) as fh:  # unbuffered: one read into the result, no buffer between
         if size <= _READ_MAX:
-            data = fh.read()  # sized from fstat; read(n) would allocate n bytes up front
+            data = fh.readall()  # to the end of the file, sized from fstat
             return scan_bytes(data, str(path), policy), len(data)
         # mmap: the OS pages in only what the scanner touches (pickle members, headers), not tensor data
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)

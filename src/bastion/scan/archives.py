@@ -28,6 +28,9 @@ _STORAGE_NAME = re.compile(r"(^|/)data/\d+$")
 _STORAGE = frozenset({"storage"})
 _ZIP_ZSTD = 93
 _NORMAL_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # compression options, data descriptor, UTF-8 names
+#: archives up to this size are parsed from a bytes copy (slicing bytes is cheaper than slicing a view)
+_COPY_MAX = 1 << 20
+Blob = memoryview | bytes
 
 
 class MemFile(io.RawIOBase):
@@ -87,10 +90,15 @@ def _classify_zip(names: list[str]) -> frozenset[str]:
     return frozenset(hints)
 
 
-def opens_as_zip(data: memoryview) -> bool:
+def _zip_file(data: Blob) -> io.RawIOBase | io.BytesIO:
+    """What zipfile reads: an in-memory file over the blob (C-backed for small copies)."""
+    return io.BytesIO(data) if isinstance(data, bytes) else MemFile(data)
+
+
+def opens_as_zip(data: Blob) -> bool:
     """True when Python's zipfile finds a central directory (used for blobs without a zip header)."""
     try:
-        with zipfile.ZipFile(MemFile(data)):
+        with zipfile.ZipFile(_zip_file(data)):
             return True
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
             NotImplementedError, UnicodeDecodeError, KeyError):
@@ -106,7 +114,7 @@ _ZIP64_LOCATOR = b"PK\x06\x07"
 _ZIP64_END = b"PK\x06\x06"
 
 
-def _end_record(data: memoryview) -> tuple[int, int, int, int] | None:
+def _end_record(data: Blob) -> tuple[int, int, int, int] | None:
     """(where the directory ends, entries, directory size, directory offset) from the last end record.
 
     A zip64 archive (what torch.save writes) puts a zip64 end record between the directory and the
@@ -131,9 +139,9 @@ def _end_record(data: memoryview) -> tuple[int, int, int, int] | None:
             -1 if offset_cd == 0xFFFFFFFF else offset_cd)
 
 
-def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | None:
+def _directory(ctx: Context, data: Blob, inner: str) -> list[_Entry] | None:
     try:
-        with zipfile.ZipFile(MemFile(data)) as zf:
+        with zipfile.ZipFile(_zip_file(data)) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
             NotImplementedError, UnicodeDecodeError, KeyError) as exc:
@@ -156,7 +164,7 @@ def _directory(ctx: Context, data: memoryview, inner: str) -> list[_Entry] | Non
                    i.CRC) for i in infos]
 
 
-def find(data: memoryview, sig: bytes, start: int) -> int:
+def find(data: Blob, sig: bytes, start: int) -> int:
     """Offset of ``sig`` in ``data`` at or after ``start`` (-1 if absent), reading 1 MiB at a time."""
     step = 1 << 20
     pos = start
@@ -169,7 +177,7 @@ def find(data: memoryview, sig: bytes, start: int) -> int:
     return -1
 
 
-def _size_before_descriptor(data: memoryview, body: int) -> int:
+def _size_before_descriptor(data: Blob, body: int) -> int:
     """Compressed size of a member whose sizes sit in a data descriptor after its bytes.
 
     Without a central directory the only way to find the end is the descriptor itself: the first
@@ -198,7 +206,7 @@ def _size_before_descriptor(data: memoryview, body: int) -> int:
     return end - body
 
 
-def _walk_local(data: memoryview, known: dict[int, _Entry]) -> list[_Entry]:
+def _walk_local(data: Blob, known: dict[int, _Entry]) -> list[_Entry]:
     """Follow local headers from offset 0 while they chain (what a streaming zip reader sees).
 
     Sizes come from the central directory for the entries it lists; an entry it does not list and whose
@@ -229,7 +237,7 @@ def _walk_local(data: memoryview, known: dict[int, _Entry]) -> list[_Entry]:
     return out
 
 
-def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memoryview | bytes | None:
+def _member_bytes(ctx: Context, data: Blob, e: _Entry, inner: str) -> memoryview | bytes | None:
     """The member's uncompressed bytes, read from its local header; None after reporting why not."""
     where = ctx.member(inner, e.name)
     if e.offset + 30 > len(data) or bytes(data[e.offset:e.offset + 4]) != _LOCAL:
@@ -287,7 +295,8 @@ def _member_bytes(ctx: Context, data: memoryview, e: _Entry, inner: str) -> memo
     return out.data
 
 
-def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+def scan_zip(ctx: Context, view: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:
+    data: Blob = bytes(view) if len(view) <= _COPY_MAX else view
     entries = _directory(ctx, data, inner)
     if entries is None:
         entries = _walk_local(data, {})
@@ -329,11 +338,15 @@ def scan_zip(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
 
 def _by_name(ctx: Context, name: str, body: memoryview | bytes, where: str, hints: frozenset[str]) -> None:
     """Members a loader treats by name rather than by content: TorchScript code, Keras config."""
+    code = "torchscript" in hints and "/code/" in f"/{name}" and name.endswith(".py")
+    keras = "keras" in hints and name == "config.json"
+    if not (code or keras):
+        return
     from bastion.scan import formats
 
-    if "torchscript" in hints and "/code/" in f"/{name}" and name.endswith(".py"):
+    if code:
         formats.scan_torchscript_code(ctx, bytes(body), where)
-    if "keras" in hints and name == "config.json":
+    if keras:
         formats.scan_keras_config_json(ctx, bytes(body), where)
 
 
