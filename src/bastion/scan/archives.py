@@ -214,25 +214,27 @@ def _walk_local(data: Blob, known: dict[int, _Entry]) -> list[_Entry]:
     """
     out: list[_Entry] = []
     pos = 0
-    while pos + 30 <= len(data) and bytes(data[pos:pos + 4]) == _LOCAL:
-        _sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL_FMT.unpack(
-            bytes(data[pos:pos + 30]))
-        name = bytes(data[pos + 30:pos + 30 + nlen]).decode("utf-8", "replace")
+    size = len(data)
+    while pos + 30 <= size:
+        sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL_FMT.unpack_from(data, pos)
+        if sig != _LOCAL:
+            break
         body = pos + 30 + nlen + xlen
         listed = known.get(pos)
         if listed is not None:
             csize = listed.csize
-        elif flags & 0x08 and csize == 0:
-            csize = _size_before_descriptor(data, body)
-        if listed is None:
+        else:
+            if flags & 0x08 and csize == 0:
+                csize = _size_before_descriptor(data, body)
+            name = bytes(data[pos + 30:pos + 30 + nlen]).decode("utf-8", "replace")
             out.append(_Entry(name, pos, method, flags, csize, usize, crc, in_directory=False))
         pos = body + csize
         if flags & 0x08:
             # optional descriptor signature, then CRC and sizes (zip64 descriptors are 8 bytes longer)
-            if bytes(data[pos:pos + 4]) == b"PK\x07\x08":
+            if data[pos:pos + 4] == _DESCRIPTOR:
                 pos += 4
             pos += 12
-            if bytes(data[pos:pos + 4]) != _LOCAL and bytes(data[pos + 8:pos + 12]) == _LOCAL:
+            if data[pos:pos + 4] != _LOCAL and data[pos + 8:pos + 12] == _LOCAL:
                 pos += 8
     return out
 
@@ -240,11 +242,11 @@ def _walk_local(data: Blob, known: dict[int, _Entry]) -> list[_Entry]:
 def _member_bytes(ctx: Context, data: Blob, e: _Entry, inner: str) -> memoryview | bytes | None:
     """The member's uncompressed bytes, read from its local header; None after reporting why not."""
     where = ctx.member(inner, e.name)
-    if e.offset + 30 > len(data) or bytes(data[e.offset:e.offset + 4]) != _LOCAL:
+    fields = _LOCAL_FMT.unpack_from(data, e.offset) if 0 <= e.offset <= len(data) - 30 else None
+    if fields is None or fields[0] != _LOCAL:
         ctx.emit("BASTION-PARSE", Severity.HIGH, where, "",
                  f"no local header at offset 0x{e.offset:x}; member cannot be read")
         return None
-    fields = _LOCAL_FMT.unpack(bytes(data[e.offset:e.offset + 30]))
     lflags, nlen, xlen = fields[2], fields[9], fields[10]
     lname = bytes(data[e.offset + 30:e.offset + 30 + nlen]).decode("utf-8", "replace")
     if e.in_directory and lname != e.name:
