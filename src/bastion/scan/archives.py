@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import io
 import lzma
+import os
 import re
 import struct
 import tarfile
@@ -139,15 +140,76 @@ def _end_record(data: Blob) -> tuple[int, int, int, int] | None:
             -1 if offset_cd == 0xFFFFFFFF else offset_cd)
 
 
-def _directory(ctx: Context, data: Blob, inner: str) -> list[_Entry] | None:
-    try:
-        with zipfile.ZipFile(_zip_file(data)) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
-            NotImplementedError, UnicodeDecodeError, KeyError) as exc:
-        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "central directory",
-                 f"zip central directory cannot be read ({exc}); scanning entries from the local headers")
+_LOCATOR_FMT = struct.Struct("<4sIQI")
+_ZIP64_END_FMT = struct.Struct("<4sQHHIIQQQQ")
+_CENTRAL_FMT = struct.Struct("<4sBBBBHHHHIIIHHHHHII")
+_CENTRAL = b"PK\x01\x02"
+_MAX_EXTRACT_VERSION = 63  # zipfile refuses entries that need a later version
+
+
+def plain_directory(data: Blob) -> list[_Entry] | None:
+    """The central directory of a plain archive, read without zipfile; None when the archive is not plain.
+
+    Plain: no archive comment, one disk, the directory exactly where the end record (or a zip64 end
+    record right before its locator) says, every entry complete, without extra fields, with a name that
+    decodes and holds no NUL. For such an archive this is what ``zipfile.ZipFile(...).infolist()`` gives
+    (same entries, order and fields), in a fraction of the time; anything else goes to zipfile.
+    """
+    size = len(data)
+    if size < 22 + 20 + 56:
         return None
+    at = size - 22
+    sig, disk, cd_disk, n_disk, n_total, size_cd, offset_cd, comment = _EOCD_FMT.unpack_from(data, at)
+    if sig != _EOCD or comment or disk or cd_disk or n_disk != n_total:
+        return None
+    locator = at - 20
+    lsig, ldisk, reloff, disks = _LOCATOR_FMT.unpack_from(data, locator)
+    if lsig == _ZIP64_LOCATOR:
+        rec = locator - 56
+        (zsig, zsize, _made, _need, zdisk, zdisk_dir, count, count_total, size_cd,
+         offset_cd) = _ZIP64_END_FMT.unpack_from(data, rec)
+        if (zsig != _ZIP64_END or ldisk or disks != 1 or reloff != rec or zsize != 44 or zdisk or zdisk_dir
+                or count != count_total):
+            return None
+        at = rec
+    if offset_cd + size_cd != at:
+        return None  # zipfile would re-base the offsets: leave that to it
+    out: list[_Entry] = []
+    pos = offset_cd
+    utf8 = 0x800
+    while pos < at:
+        if pos + 46 > at:
+            return None
+        (csig, _made_v, _made_s, need, _res, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+         _disk, _iattr, _eattr, offset) = _CENTRAL_FMT.unpack_from(data, pos)
+        name_at = pos + 46
+        pos = name_at + nlen + xlen + clen
+        if csig != _CENTRAL or xlen or need > _MAX_EXTRACT_VERSION or pos > at or offset >= offset_cd:
+            return None
+        raw = bytes(data[name_at:name_at + nlen])
+        try:
+            name = raw.decode("utf-8") if flags & utf8 else raw.decode("cp437")
+        except UnicodeDecodeError:
+            return None
+        if "\x00" in name or (os.sep != "/" and os.sep in name):
+            return None
+        out.append(_Entry(name, offset, method, flags, csize, usize, crc))
+    return out
+
+
+def _directory(ctx: Context, data: Blob, inner: str) -> list[_Entry] | None:
+    entries = plain_directory(data)
+    if entries is None:
+        try:
+            with zipfile.ZipFile(_zip_file(data)) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error,
+                NotImplementedError, UnicodeDecodeError, KeyError) as exc:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "central directory",
+                     f"zip central directory cannot be read ({exc}); scanning entries from the local headers")
+            return None
+        entries = [_Entry(i.filename, i.header_offset, i.compress_type, i.flag_bits, i.compress_size,
+                          i.file_size, i.CRC) for i in infos]
     end = _end_record(data)
     if end is not None and bytes(data[:4]) == _LOCAL:
         at, n_total, size_cd, offset_cd = end
@@ -157,11 +219,10 @@ def _directory(ctx: Context, data: Blob, inner: str) -> list[_Entry] | None:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, inner, "central directory",
                      f"end record puts the central directory at 0x{offset_cd:x} ({size_cd} bytes), but it "
                      f"ends at 0x{at:x}; member offsets were re-based and every local header walked")
-        elif n_total >= 0 and n_total != len(infos):
+        elif n_total >= 0 and n_total != len(entries):
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, inner, "central directory",
-                     f"end record counts {n_total} entries, the central directory holds {len(infos)}")
-    return [_Entry(i.filename, i.header_offset, i.compress_type, i.flag_bits, i.compress_size, i.file_size,
-                   i.CRC) for i in infos]
+                     f"end record counts {n_total} entries, the central directory holds {len(entries)}")
+    return entries
 
 
 def find(data: Blob, sig: bytes, start: int) -> int:
