@@ -160,6 +160,13 @@ def _utf8(raw: bytes, q: int) -> str:
 
 
 def _read_unicode1(buf: Buffer, p: int, end: int, limit: int) -> tuple[str, int]:
+    if p < end:
+        q = p + 1 + buf[p]
+        if q <= end and q - p <= limit:  # the common case: all there, under the cap
+            try:
+                return str(buf[p + 1:q], "utf-8", "surrogatepass"), q
+            except UnicodeDecodeError as exc:
+                raise PickleError(str(exc), q) from None
     if p >= end:
         raise PickleError("not enough data in stream to read uint1", max(p, end))
     size = buf[p]
@@ -174,6 +181,14 @@ def _read_unicode1(buf: Buffer, p: int, end: int, limit: int) -> tuple[str, int]
 
 
 def _read_unicode4(buf: Buffer, p: int, end: int, limit: int) -> tuple[str, int]:
+    if p + 4 <= end:
+        size = _UINT4.unpack_from(buf, p)[0]
+        q = p + 4 + size
+        if q <= end and size <= limit and limit >= 4:  # the common case: all there, under the cap
+            try:
+                return str(buf[p + 4:q], "utf-8", "surrogatepass"), q
+            except UnicodeDecodeError as exc:
+                raise PickleError(str(exc), q) from None
     size, p = _read_uint4(buf, p, end, limit)
     q = p + size
     if q > end or size > limit:
@@ -298,6 +313,14 @@ def _read_stringnl_noescape(buf: Buffer, p: int, end: int, limit: int) -> tuple[
 
 
 def _read_stringnl_pair(buf: Buffer, p: int, end: int, limit: int) -> tuple[str, int]:
+    if isinstance(buf, bytes) and end - p <= limit:
+        # the common case: two plain ASCII lines, which escape_decode would return unchanged
+        first = buf.find(b"\n", p, end)
+        second = buf.find(b"\n", first + 1, end) if first >= 0 else -1
+        if second >= 0:
+            line = buf[p:second]
+            if line.isascii() and b"\\" not in line:
+                return f"{buf[p:first].decode('ascii')} {buf[first + 1:second].decode('ascii')}", second + 1
     module, p = _read_stringnl_noescape(buf, p, end, limit)
     name, p = _read_stringnl_noescape(buf, p, end, limit)
     return f"{module} {name}", p

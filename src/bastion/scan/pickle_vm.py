@@ -354,7 +354,10 @@ class Machine:
         kinds = KINDS
         readers = ARG_READERS
         handlers = _BY_BYTE
+        consts = _CONSTANTS
+        memo = self.memo
         index = self.index
+        arg: Any
         try:
             if limit < 1 and pos < end:
                 raise LimitError(f"a 1-byte constant is over the payload limit ({limit})", pos)
@@ -377,11 +380,21 @@ class Machine:
                     raise PickleError(f"at position {pos}, opcode {bytes([code])!r} unknown", pos + 1)
                 else:
                     arg, pos = readers[code](buf, pos + 1, end, limit)  # type: ignore[misc]
-                self.pos = op
                 index += 1
-                self.index = index
                 if index > max_opcodes:
                     raise LimitError(f"more than {max_opcodes} opcodes (limit max_opcodes)")
+                # the commonest opcodes are played here; where() is only needed by the handlers
+                if code == _BINPUT:
+                    stack = self.stack
+                    if not stack:
+                        raise PickleError("stack underflow")
+                    memo[arg] = stack[-1]
+                    continue
+                if consts[code]:
+                    self.stack.append(Const(arg))
+                    continue
+                self.pos = op
+                self.index = index
                 if handlers[code](self, arg):
                     # FRAME checks, BUILD may move past inline joblib array bytes, STOP ends the pickle
                     if code == _STOP:
@@ -398,7 +411,7 @@ class Machine:
                 EOFError) as exc:
             result.error = str(exc) or type(exc).__name__
         self.at = result.end = pos
-        result.opcodes = self.index
+        result.opcodes = self.index = index
         result.globals_seen = self.globals_seen
         result.findings = self._findings() + self.extra
         return result
@@ -843,6 +856,9 @@ for _code, _name in NAMES.items():
     _BY_BYTE[_code] = _HANDLERS[_name]
 _STOP = 0x2E
 _FRAME = 0x95
+_BINPUT = 0x71
+#: per opcode byte: whether it pushes its argument as a constant (played inline by Machine.run)
+_CONSTANTS = [_BY_BYTE[code] is Machine.op_const for code in range(256)]
 
 
 # -- whole pickle streams -------------------------------------------------------------------------------
