@@ -167,3 +167,16 @@ def test_bad_arguments_name_the_argument(digits_cnn: nn.Module, data: tuple[Tens
         APGD(rho=1.5)
     with pytest.raises(bn.InputError, match="target"):
         PGD()(digits_cnn, x, y, epsilons=0.1, target=y)
+
+
+def test_attacks_name_what_the_model_rejects(digits: bn.datasets.Dataset, digits_cnn: torch.nn.Module) -> None:
+    x, y = digits.x_test[:8], digits.y_test[:8]
+    pgd = bn.attacks.PGD(steps=2)
+    with pytest.raises(bn.InputError, match=r"inputs.*shape \(64,\).*model accepts"):
+        pgd(digits_cnn, x.flatten(1), y, epsilons=0.1)
+    with pytest.raises(bn.InputError, match="label"):
+        pgd(digits_cnn, x, y + 10, epsilons=0.1)
+    # float64 arrays against float32 weights: computed in the model's precision, not an error
+    res = pgd(digits_cnn, x.double(), y, epsilons=0.1)
+    assert res.success.shape == (1, 8)
+    assert bool(((res.clipped[0] - x.double()).abs() <= 0.1 + 1e-6).all())

@@ -101,7 +101,9 @@ def test_evaluate_cannot_run_exits_2(files: dict[str, Path], case: str, message:
     assert code == 2
     assert "error:" in err and message in err
     assert "Traceback" not in out + err
-    assert out == ""
+    # --json: the reason is on stdout too, as JSON, for a pipeline that parses it
+    data = json.loads(out)
+    assert data["exit_code"] == 2 and message in data["error"]
 
 
 def test_attack_writes_adversarials(files: dict[str, Path]) -> None:
@@ -134,3 +136,68 @@ def test_demo_quick_writes_reports(tmp_path: Path) -> None:
     model = bn.load_model(out / "model.pt")
     x, y = bn.datasets.load_data(out / "test.npz")
     assert y is not None and model.predict(x).shape == y.shape
+
+
+class _Rounded(nn.Module):
+    """Gradient masking by construction: inputs are rounded, so every input gradient is zero."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def test_gate_refuses_a_number_the_masking_checks_distrust(files: dict[str, Path], digits_cnn: nn.Module) -> None:
+    masked = files["dir"] / "masked.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(_Rounded(digits_cnn), torch.rand(1, 1, 8, 8)).save(str(masked))
+    args = ["evaluate", "-m", masked, "-d", files["data"], "--eps", "0.1,0.2", "--suite", "fast", "--json",
+            "--min-robust-accuracy", "0"]
+    code, out, _ = _run(*args)
+    data = json.loads(out)
+    high = [f["check"] for f in data["findings"] if f["severity"] == "high"]
+    assert high, "the rounding model must raise a HIGH masking finding"
+    assert data["failed_epsilons"] == []  # the accuracy alone would clear a threshold of 0 ...
+    assert code == 1 and data["passed"] is False and data["untrusted_because"] == high  # ... the findings do not
+    code, out, _ = _run(*args, "--allow-masking")
+    assert code == 0 and json.loads(out)["passed"] is True
+
+
+def test_user_mistakes_never_crash_or_exit_1(files: dict[str, Path]) -> None:
+    d = files["dir"]
+    x, y = np.load(files["data"])["x"], np.load(files["data"])["y"]
+    np.savez(d / "flat.npz", x=x.reshape(len(x), -1), y=y)
+    np.savez(d / "rgb.npz", x=np.zeros((4, 3, 32, 32), np.float32), y=y[:4])
+    np.savez(d / "obj.npz", x=np.array([0, "evil"], dtype=object), y=np.array([0, 1]))
+    for data, message in (("flat.npz", "shape (64,)"), ("rgb.npz", "shape (3, 32, 32)"), ("obj.npz", "object")):
+        for cmd in ("evaluate", "attack"):
+            code, out, err = _run(cmd, "-m", files["model"], "-d", d / data, "--eps", "0.1", "--suite" if
+                                  cmd == "evaluate" else "--attack", "fast" if cmd == "evaluate" else "pgd")
+            assert code == 2, (cmd, data, out, err)
+            assert message in err and "Traceback" not in out + err
+    # A report path that is a file is refused before any attack runs; names are printed literally.
+    code, _, err = _run("evaluate", "-m", files["model"], "-d", files["data"], "--eps", "0.1", "--report",
+                        files["data"])
+    assert code == 2 and "--report" in err and "existing file" in err
+    code, _, err = _run("attack", "-m", d / "[bold]x[/bold].pt", "-d", files["data"], "--eps", "0.1")
+    assert code == 2 and "[bold]x[/bold].pt" in err
+
+
+def test_attack_out_never_overwrites_inputs(files: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    data.write_bytes(files["data"].read_bytes())
+    before = data.read_bytes()
+    base = ["attack", "-m", files["model"], "-d", data, "--eps", "0.1", "--steps", "2", "--limit", "4"]
+    code, _, err = _run(*base, "--out", data, "--force")
+    assert code == 2 and "inputs" in err and data.read_bytes() == before
+    out = tmp_path / "sub" / "adv.npz"  # the folder is created
+    assert _run(*base, "--out", out)[0] == 0
+    code, _, err = _run(*base, "--out", out)
+    assert code == 2 and "--force" in err
+    assert _run(*base, "--out", out, "--force")[0] == 0
+    # With one epsilon the result can be fed back as --data.
+    code, stdout, _ = _run("attack", "-m", files["model"], "-d", out, "--eps", "0.1", "--steps", "2", "--json")
+    assert code == 0 and json.loads(stdout)["n_examples"] == 4

@@ -76,5 +76,6 @@ def test_bad_data_exits_2(files: dict[str, Path]) -> None:
     res = runner.invoke(app, ["harden", "--data", str(files["root"] / "missing.npz"), "--out",
                               str(files["root"] / "x")])
     assert res.exit_code == 2 and "missing.npz" in res.output
-    res = runner.invoke(app, ["harden", "--data", str(files["train"]), "--out", str(files["root"] / "no" / "x")])
+    # --out's folder is created when missing, but a file where the folder should be is refused up front.
+    res = runner.invoke(app, ["harden", "--data", str(files["train"]), "--out", str(files["train"] / "x")])
     assert res.exit_code == 2 and "--out" in res.output

@@ -352,3 +352,13 @@ def test_cli_exit_codes(model: Path, tmp_path: Path) -> None:
     (model / "model.sig").write_text("garbage")
     garbage = runner.invoke(app, ["verify", str(model), "--pub", pub])
     assert garbage.exit_code == 2 and "not JSON" in garbage.output
+
+
+def test_keygen_creates_an_owner_only_key_folder(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["keygen", "--out", str(tmp_path / "keys" / "release")])
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE(os.stat(tmp_path / "keys").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "keys" / "release").st_mode) == 0o600
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["keygen", "--out", str(tmp_path / "afile" / "release")])
+    assert res.exit_code == 2 and "is a file" in res.output

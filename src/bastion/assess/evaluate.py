@@ -72,7 +72,8 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     xt = check_inputs(x, m.bounds, argument="x", device=m.device)
     if y is None:
         raise InputError("y", None, "the true class of each input")
-    num_classes = m.infer_num_classes(xt)
+    probed = m.probe(xt, "x")
+    num_classes = probed if probed is not None else m.infer_num_classes(xt)
     yt = check_labels(y, xt.shape[0], num_classes, argument="y", device=m.device)
 
     runner = _Ensemble(m, geometry, xt, yt, seed, batch_size, num_classes)

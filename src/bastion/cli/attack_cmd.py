@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import EXIT_OK, handle_errors, print_json, progress_bar
+from bastion.cli.common import EXIT_OK, check_output_file, handle_errors, print_json, progress_bar
 from bastion.cli.evaluate_cmd import load_inputs, parse_bounds, parse_eps
 
 ATTACK_HELP = "pgd | fgsm | apgd | apgd-t | fab | cw | deepfool | square | hsj"
@@ -36,7 +36,9 @@ def attack_command(
     norm: str = typer.Option("linf", "--norm", help="linf | l2 | l1 (each attack supports some)."),
     steps: int | None = typer.Option(None, "--steps", help="Iterations (queries for square/hsj); "
                                      "default: the attack's own."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write x_adv, success and y to this .npz."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write x_adv, success and y to this .npz "
+                                    "(with one epsilon also x = x_adv, so the file can be fed back as --data)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never the input files)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     factory: str | None = typer.Option(None, "--factory", help="module:Factory for a safetensors file."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
@@ -55,6 +57,9 @@ def attack_command(
       bastion attack -m model.pt -d test.npz -a apgd-t --eps 8/255,16/255 --steps 50 --json
 
       bastion attack -m model.onnx -d test.npz -a square --norm l2 --eps 1.0   # scores only
+
+    Exit codes: 0 the attack ran (its success rate is in the output; use `bastion evaluate
+    --min-robust-accuracy` for a gate); 2 it could not run (bad file, bad arguments).
     """
     from bastion.assess import build_attack
     from bastion.core.threat import get_norm
@@ -66,9 +71,11 @@ def attack_command(
         raise InputError("--steps", steps, "a positive number")
     if out is not None and out.suffix.lower() != ".npz":
         raise InputError("--out", str(out), "a path ending in .npz")
+    if out is not None:
+        check_output_file(out, "--out", force=force, inputs=(model, data))
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=parse_bounds(bounds),
                             limit=limit, label_column=label_column)
-    num_classes = net.infer_num_classes(x.to(net.device))
+    num_classes = net.probe(x.to(net.device), "--data") or net.infer_num_classes(x.to(net.device))
     atk = build_attack(attack, geometry.name, steps=steps, seed=seed, batch_size=batch_size,
                        num_classes=num_classes)
     t0 = time.perf_counter()
@@ -108,7 +115,7 @@ def _save(path: Path, res: Any, y: Any, values: list[float]) -> None:
     clipped = [c.detach().cpu().numpy() for c in res.clipped]
     success = res.success.detach().cpu().numpy()
     if len(values) == 1:
-        np.savez_compressed(path, x_adv=clipped[0], success=success[0], y=y.numpy(),
+        np.savez_compressed(path, x_adv=clipped[0], x=clipped[0], success=success[0], y=y.numpy(),
                             epsilons=np.asarray(values))
     else:
         np.savez_compressed(path, x_adv=np.stack(clipped), success=success, y=y.numpy(), epsilons=np.asarray(values))

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,25 +35,58 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: set while a command that was given --json runs, so its errors are JSON on stdout too
+_JSON_ERRORS: ContextVar[bool] = ContextVar("bastion_json_errors", default=False)
+
+
+def _wants_json() -> bool:
+    return _JSON_ERRORS.get()
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    """Print ``error: message`` to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ``error: message`` to stderr and exit with ``code``.
+
+    With ``--json`` the same error also goes to stdout as ``{"error": ..., "exit_code": ...}``, so a
+    pipeline that parses stdout learns why nothing else came. The message is printed literally: file
+    names with brackets or colons are not Rich markup or emoji codes.
+    """
+    err_console.print("[bold red]error:[/] " + escape(message), highlight=False, soft_wrap=True, emoji=False)
+    if _wants_json():
+        print_json({"error": message, "exit_code": code})
     raise typer.Exit(code)
 
 
 def handle_errors(fn: F) -> F:
-    """Turn user mistakes (any BastionError, and unreadable files) into a one-line message and exit code 2."""
+    """Turn every failure into a one-line message and exit code 2, never a traceback and never exit 1.
+
+    Exit 1 means "the check ran and failed"; a crash must not look like that to a CI gate. User mistakes
+    (any BastionError, unreadable files) get their own message; anything else is reported as an internal
+    error (set ``BASTION_DEBUG=1`` to see the traceback).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _JSON_ERRORS.set(bool(kwargs.get("json_out")))
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except BastionError as exc:
             fail(str(exc))
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        except IsADirectoryError as exc:
+            fail(f"{exc.filename}: is a folder, expected a file")
+        except (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError) as exc:
             fail(f"{exc.filename}: {exc.strerror}")
+        except OSError as exc:
+            fail(f"{getattr(exc, 'filename', None) or 'I/O'}: {exc.strerror or exc}")
+        except Exception as exc:
+            if os.environ.get("BASTION_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            fail(f"could not run: {type(exc).__name__}: {first[:500]} (inputs the model or a library could not "
+                 "handle; if the inputs are right this is a Bastion bug: rerun with BASTION_DEBUG=1 and report it)")
+        finally:
+            _JSON_ERRORS.reset(token)
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,6 +131,37 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or any(s < 1 for s in shape):
         raise InputError("--input-shape", repr(text), "positive sizes, e.g. 1,8,8")
     return shape
+
+
+def check_output_folder(path: Path, argument: str) -> None:
+    """Make sure ``path`` can be a folder to write into, before any long work starts."""
+    from bastion.errors import InputError
+
+    if path.exists() and not path.is_dir():
+        raise InputError(argument, f"{path}, an existing file", "a folder (existing or to be created)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(argument, str(path), f"a folder that can be created ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(argument, str(path), "a folder you can write to")
+
+
+def check_output_file(path: Path, argument: str, *, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Refuse to overwrite an input, or an existing file without ``--force``; create the parent folder."""
+    from bastion.errors import InputError
+
+    for other in inputs:
+        if other is not None and other.exists() and path.exists() and path.resolve() == other.resolve():
+            raise InputError(argument, str(path), "a new file, not one of the inputs (it would be overwritten)")
+    if path.is_dir():
+        raise InputError(argument, f"{path}, a folder", "a file path")
+    if path.exists() and not force:
+        raise InputError(argument, f"{path}, which exists", "a new path, or --force to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(argument, str(path), f"a path whose folder can be created ({exc.strerror or exc})") from None
 
 
 @contextmanager

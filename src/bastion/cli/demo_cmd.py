@@ -14,7 +14,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from bastion.cli.common import EXIT_OK, handle_errors, progress_bar
+from bastion.cli.common import EXIT_OK, check_output_folder, handle_errors, progress_bar
 
 #: L-inf budgets on [0, 1] pixels: from barely visible to strong enough to break an undefended model
 DEMO_EPS = "0.05,0.1,0.2,0.3"
@@ -58,7 +58,7 @@ def demo_command(
     console = Console()
     data = bn.datasets.digits()
     x, y = data.x_test[:n_test], data.y_test[:n_test]
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, "--out")
     with progress_bar(True) as bar:
         task = bar.add_task("training SmallCNN on digits", total=epochs)
         torch.manual_seed(seed)

@@ -1,7 +1,8 @@
 """`bastion evaluate`: robust accuracy of a model file on a data file, as a CI gate.
 
 Exit codes: 0 the robust accuracy meets ``--min-robust-accuracy`` at every epsilon (or no threshold was
-given), 1 it does not, 2 the evaluation could not run (bad file or arguments).
+given), 1 it does not, or a HIGH gradient-masking finding makes it untrustworthy (unless
+``--allow-masking``), 2 the evaluation could not run (bad file or arguments).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import EXIT_FAILED, EXIT_OK, handle_errors, parse_floats, print_json, progress_bar
+from bastion.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    check_output_folder,
+    handle_errors,
+    parse_floats,
+    print_json,
+    progress_bar,
+)
 from bastion.errors import DataLoadError, InputError
 
 SUITE_HELP = ("standard (default: AutoAttack-grade strength in a fifth of its time) | autoattack (its exact "
@@ -85,6 +94,9 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Random seed for the attacks."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per attack batch."),
     checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking checks."),
+    allow_masking: bool = typer.Option(False, "--allow-masking", help="Let the --min-robust-accuracy gate pass "
+                                       "even when a HIGH gradient-masking finding says the number is not "
+                                       "trustworthy (by default such a finding fails the gate)."),
 ) -> None:
     """Measure robust accuracy with an AutoAttack-grade ensemble and check for gradient masking.
 
@@ -95,6 +107,10 @@ def evaluate_command(
       bastion evaluate -m model.onnx -d test.npz --norm l2 --eps 0.5 --suite fast --report out/
 
       bastion evaluate -m model.pt -d test.npz --eps 8/255 --json --min-robust-accuracy 0.4   # CI gate
+
+    Exit codes: 0 passed (or no gate given); 1 the gate failed: robust accuracy below
+    --min-robust-accuracy at some epsilon, or a HIGH gradient-masking finding makes the number
+    untrustworthy (see --allow-masking); 2 could not run (bad file, bad arguments).
     """
     from bastion.assess import evaluate
     from bastion.core.threat import get_norm
@@ -104,6 +120,8 @@ def evaluate_command(
     lo_hi = parse_bounds(bounds)
     if min_robust_accuracy is not None and not 0.0 <= min_robust_accuracy <= 1.0:
         raise InputError("--min-robust-accuracy", min_robust_accuracy, "a fraction in [0, 1]")
+    if report is not None:
+        check_output_folder(report, "--report")
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=lo_hi, limit=limit,
                             label_column=label_column)
     with progress_bar(not json_out) as bar:
@@ -117,6 +135,10 @@ def evaluate_command(
     written = result.save(report) if report is not None else {}
     failed = [lab for lab, acc in zip(labels, result.robust_accuracy, strict=True)
               if min_robust_accuracy is not None and acc < min_robust_accuracy]
+    # A robust accuracy the masking checks call untrustworthy cannot clear a gate: it may be an artefact.
+    untrusted = [f.check for f in result.findings if f.severity == "high"] \
+        if min_robust_accuracy is not None and not allow_masking else []
+    passed = not failed and not untrusted
     if json_out:
         out: dict[str, Any] = {
             "clean_accuracy": result.clean_accuracy,
@@ -125,17 +147,18 @@ def evaluate_command(
             "findings": [f.to_dict() for f in result.findings],
             "attacks": [a.to_dict() for a in result.attacks],
             "seconds": round(result.timings["total"], 3),
-            "min_robust_accuracy": min_robust_accuracy, "passed": not failed,
+            "min_robust_accuracy": min_robust_accuracy, "passed": passed, "failed_epsilons": failed,
+            "untrusted_because": untrusted,
             "report": {k: str(v) for k, v in written.items()},
         }
         print_json(out)
     else:
-        _print_summary(result, labels, min_robust_accuracy, failed, written)
-    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+        _print_summary(result, labels, min_robust_accuracy, failed, written, untrusted)
+    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
 def _print_summary(result: Any, labels: list[str], threshold: float | None, failed: list[str],
-                   written: dict[str, Path]) -> None:
+                   written: dict[str, Path], untrusted: list[str]) -> None:
     console = Console()
     table = Table(title=f"Robust accuracy ({result.norm}, {result.n_examples} examples)")
     table.add_column("ε")
@@ -154,5 +177,7 @@ def _print_summary(result: Any, labels: list[str], threshold: float | None, fail
     for kind, path in written.items():
         console.print(f"{kind} report: {path}", highlight=False)
     if threshold is not None:
-        verdict = f"[red]FAILED[/] at ε={', '.join(failed)}" if failed else "[green]PASSED[/]"
-        console.print(f"minimum robust accuracy {threshold:.1%}: {verdict}")
+        reasons = ([f"below at ε={', '.join(failed)}"] if failed else []) + \
+            ([f"untrustworthy ({', '.join(untrusted)}; --allow-masking to gate anyway)"] if untrusted else [])
+        verdict = f"[red]FAILED[/]: {'; '.join(reasons)}" if reasons else "[green]PASSED[/]"
+        console.print(f"minimum robust accuracy {threshold:.1%}: {verdict}", highlight=False)

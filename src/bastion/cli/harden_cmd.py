@@ -189,8 +189,9 @@ def harden(
     if schedule not in SCHEDULES:
         raise InputError("--schedule", schedule, f"one of {', '.join(SCHEDULES)}")
     norm = bn.get_norm(norm).name
-    if not out.parent.is_dir():
-        raise InputError("--out", str(out), f"a path in an existing folder ({out.parent} does not exist)")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError("--out", str(out), f"a path in a folder ({out.parent} is a file)")
+    out.parent.mkdir(parents=True, exist_ok=True)
     bounds = (0.0, 1.0)
     shape = parse_shape(input_shape)
     x, y = _load(data, "--data", shape)

@@ -46,9 +46,23 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         keys = set(data.files)
         if "x" not in keys:
             raise DataLoadError(f"{path}: has arrays {sorted(keys)}, expected 'x' (inputs) and 'y' (labels)")
-        x = _numeric(data["x"], "x", path)
-        y = _numeric(data["y"], "y", path) if "y" in keys else None
+        x = _numeric(_member(data, "x", path), "x", path)
+        y = _numeric(_member(data, "y", path), "y", path) if "y" in keys else None
     return x, y
+
+
+def _member(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    # Members of an .npz are read lazily: a pickled (object) array is only refused here.
+    try:
+        arr: np.ndarray = data[key]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataLoadError(f"{path}: array '{key}' is an object (pickled) array, which could run code; "
+                                "expected a numeric array") from None
+        raise DataLoadError(f"{path}: array '{key}' is not readable ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataLoadError(f"{path}: array '{key}' is not readable ({exc})") from None
+    return arr
 
 
 def _load_csv(path: Path, label_column: str | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -53,8 +53,8 @@ def keygen(path: str | Path, password: str | bytes | None = None, force: bool = 
         raise KeyFileError(
             f"out: got {private_path}, expected the private key's path; {PUBLIC_SUFFIX} is appended for the public key"
         )
-    if not private_path.parent.is_dir():
-        raise KeyFileError(f"out: folder {private_path.parent} does not exist")
+    if private_path.parent.exists() and not private_path.parent.is_dir():
+        raise KeyFileError(f"out: {private_path.parent} is a file, expected a folder for the keys")
     if not force:
         existing = [str(p) for p in (private_path, public_path) if p.exists()]
         if existing:
@@ -70,6 +70,8 @@ def keygen(path: str | Path, password: str | bytes | None = None, force: bool = 
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    # The key folder is created owner-only: it holds a secret.
+    private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(private_path, private_pem)
     public_path.write_bytes(public_pem)
     return private_path, public_path

@@ -102,7 +102,11 @@ class Attack:
         m = wrap(model)
         m.require(self.needs, self.name)
         x = check_inputs(inputs, m.bounds, argument="inputs", device=m.device)
-        n_classes = m.num_classes
+        # A local differentiable model is probed with one input so a shape it rejects is a clear error;
+        # black-box models are not: every query they answer is counted against the attack's budget.
+        probe = x.shape[0] > 0 and Capability.GRADIENTS in m.capabilities
+        n_classes = m.probe(x, "inputs") if probe else m.num_classes
+        q0 = m.queries
         if labels is None:
             raise InputError("labels", None, "the true class of each input (untargeted) or the model's predictions")
         y = check_labels(labels, x.shape[0], n_classes, argument="labels", device=m.device)
@@ -112,7 +116,6 @@ class Attack:
             if bool((tgt == y).any()):
                 raise InputError("target", "a target equal to the true label", "a different class for every example")
         scalar = isinstance(epsilons, (int, float))
-        q0 = m.queries
         gen_state = torch.random.get_rng_state()
         cuda_state = torch.cuda.get_rng_state_all() if m.device.type == "cuda" else None
         if self.seed is not None:

@@ -89,6 +89,34 @@ class Model:
             self.num_classes = int(s.shape[1])
         return self.num_classes
 
+    def probe(self, example: Tensor, argument: str = "x") -> int | None:
+        """Run one input through the model; return the number of classes (None if labels-only and undeclared).
+
+        A model that rejects the inputs (wrong shape, channels or dtype) raises an :class:`InputError`
+        naming ``argument``, the shape given and the model's own complaint, instead of a deep traceback.
+        """
+        from bastion.errors import BastionError, InputError
+
+        given = f"inputs of shape {tuple(example.shape[1:])} (without the batch), dtype {example.dtype}"
+        try:
+            with torch.no_grad():
+                if Capability.SCORES not in self.capabilities:
+                    self.predict(example[:1].to(self.device))
+                    return self.num_classes
+                s = self.scores(example[:1].to(self.device))
+        except BastionError:
+            raise
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise InputError(argument, given, f"inputs this model accepts; it failed with: {reason}") from None
+        if s.dim() != 2 or s.shape[0] != 1:
+            raise InputError(argument, given, f"inputs for which the model returns one row of class scores "
+                                              f"per example; it returned shape {tuple(s.shape)}")
+        classes = int(s.shape[1])
+        if self.num_classes is None:
+            self.num_classes = classes
+        return self.num_classes
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "bounds": list(self.bounds), "device": str(self.device),
                 "capabilities": self.capabilities.describe(), "num_classes": self.num_classes}

@@ -38,6 +38,8 @@ class TorchModel(Model):
             device = ref.device if ref is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.module.to(self.device)
+        ref_float = next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+        self._dtype: torch.dtype | None = None if ref_float is None else ref_float.dtype
         self.num_classes = num_classes
         self._mean: Tensor | None = None
         self._std: Tensor | None = None
@@ -56,6 +58,8 @@ class TorchModel(Model):
 
     def scores(self, x: Tensor) -> Tensor:
         self._count(x)
+        if x.is_floating_point() and self._dtype is not None and x.dtype != self._dtype:
+            x = x.to(self._dtype)  # float64 arrays against float32 weights: compute in the model's precision
         if self._mean is not None and self._std is not None:
             x = (x - self._broadcast(self._mean, x)) / self._broadcast(self._std, x)
         return self.module(x)
