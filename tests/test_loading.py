@@ -128,3 +128,23 @@ def test_data_errors_are_clear(tmp_path: Path) -> None:
         load_data(tmp_path / "trunc.npz")
     with pytest.raises(bn.DataLoadError, match="no such"):
         load_data(tmp_path / "nothing.npz")
+
+
+def test_factories_take_literal_arguments_and_are_checked(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from bastion.core.loading import build_from_factory, parse_factory
+
+    net = bn.zoo.SmallCNN(1, 10, 8, width=8)
+    save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    m = bn.load_model(tmp_path / "w.safetensors", factory="bastion.zoo:SmallCNN(1, 10, 8, width=8)")
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(m.scores(x), net(x))
+    assert parse_factory("a.b:C") == ("a.b:C", (), {})
+    assert parse_factory("a.b:C(1, (2, 3), k='v')") == ("a.b:C", (1, (2, 3)), {"k": "v"})
+    with pytest.raises(bn.InputError, match="literals"):
+        parse_factory("a.b:C(__import__('os'))")
+    with pytest.raises(bn.InputError, match="builds the model"):
+        build_from_factory("bastion.zoo:MLP")  # needs its arguments: a clear error, not a TypeError
+    with pytest.raises(bn.InputError, match="nn.Module"):
+        build_from_factory("math:floor(2.5)")

@@ -40,7 +40,8 @@ def attack_command(
                                     "(with one epsilon also x = x_adv, so the file can be fed back as --data)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never the input files)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory for a safetensors file."),
+    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
+                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Attack only the first N examples."),

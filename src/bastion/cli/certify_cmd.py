@@ -126,7 +126,8 @@ def certify(
     seed: int = typer.Option(0, "--seed", help="Seed for the noise."),
     bounds: str = typer.Option("0,1", "--bounds", help="Input bounds low,high."),
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture for safetensors."),
+    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
+                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the model's device)."),
     min_certified_accuracy: float | None = typer.Option(

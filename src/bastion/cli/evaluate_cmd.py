@@ -85,8 +85,8 @@ def evaluate_command(
                                                      help="Fail (exit 1) if robust accuracy is below this "
                                                      "fraction at any epsilon."),
     report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here."),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture "
-                                       "for a safetensors file, e.g. bastion.zoo:SmallCNN."),
+    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
+                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N examples."),

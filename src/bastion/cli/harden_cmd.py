@@ -51,16 +51,13 @@ def _load(path: Path, argument: str, input_shape: tuple[int, ...] | None) -> tup
 
 
 def _build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    from torch import nn
 
     from bastion.zoo import build
 
     if ":" in arch:
-        from bastion.core.loading import resolve_factory
+        from bastion.core.loading import build_from_factory
 
-        module = resolve_factory(arch)()
-        if not isinstance(module, nn.Module):
-            raise InputError("--arch", arch, "a factory returning a torch.nn.Module")
+        module: nn.Module = build_from_factory(arch)
         return module
     return build(arch, input_shape, num_classes)
 
@@ -153,7 +150,8 @@ def harden(
                               "image folder."),
     out: Path = typer.Option(..., "--out", help="Output base name: writes OUT.pt, OUT.safetensors and OUT.md."),
     test: Path | None = typer.Option(None, "--test", help="Labelled test data; default: hold out 20% of --data."),
-    arch: str = typer.Option("smallcnn", "--arch", help="smallcnn, mlp, resnet18 or module:Factory."),
+    arch: str = typer.Option("smallcnn", "--arch", help="smallcnn, mlp, resnet18, or module:Factory "
+                                "with literal arguments if it needs them, e.g. 'mypkg.nets:Net(10, width=32)'."),
     method: str = typer.Option("pgd-at", "--method", help="pgd-at, trades or fgsm-rs."),
     norm: str = typer.Option("linf", "--norm", help="Threat norm: linf, l2 or l1."),
     eps: float = typer.Option(0.2, "--eps", help="Radius of the threat ball, in input units."),

@@ -8,6 +8,7 @@ code when loaded, so they need ``trust_pickle=True``.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import warnings
 import zipfile
@@ -37,6 +38,50 @@ def resolve_factory(ref: str) -> Any:
             raise ModelLoadError(f"module '{mod_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     return obj
+
+
+def parse_factory(ref: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """Split ``mod:Factory(1, 10, width=16)`` into the reference and its literal arguments.
+
+    Arguments must be Python literals (numbers, strings, tuples, lists, dicts, booleans, None): they are
+    read with ``ast.literal_eval``, never executed.
+    """
+    ref = ref.strip()
+    if "(" not in ref:
+        return ref, (), {}
+    name, _, rest = ref.partition("(")
+    if not rest.endswith(")"):
+        raise InputError("factory", ref, "'module:Factory' or 'module:Factory(arg, ..., key=value)'")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        if not isinstance(call, ast.Call):
+            raise ValueError("not a call")
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        if len(kwargs) != len(call.keywords):
+            raise ValueError("**kwargs")
+    except (SyntaxError, ValueError) as exc:
+        raise InputError("factory", ref, f"arguments that are Python literals, e.g. "
+                                         f"'{name.strip()}(1, 10, 8, width=16)' ({exc})") from None
+    return name.strip(), args, kwargs
+
+
+def build_from_factory(ref: str, **extra: Any) -> Any:
+    """Call the factory named by ``ref`` (with its literal arguments) and check it built an ``nn.Module``."""
+    from torch import nn
+
+    name, args, kwargs = parse_factory(ref)
+    factory = resolve_factory(name)
+    if not callable(factory):
+        raise InputError("factory", ref, "a class or function that builds the model")
+    try:
+        module = factory(*args, **{**kwargs, **extra})
+    except TypeError as exc:
+        raise InputError("factory", ref, f"a call that builds the model ({exc}); give its arguments as "
+                                         f"'{name}(arg, ..., key=value)'") from None
+    if not isinstance(module, nn.Module):
+        raise InputError("factory", ref, f"a factory returning a torch.nn.Module, not {type(module).__name__}")
+    return module
 
 
 def sniff(path: Path) -> str:
@@ -92,14 +137,14 @@ def load_model(path: str | Path, *, factory: str | None = None, bounds: tuple[fl
     if kind == "safetensors":
         if factory is None:
             raise ModelLoadError(f"{p}: a safetensors file holds weights only; name the architecture with "
-                                 "--factory module:Factory (e.g. bastion.zoo:SmallCNN)")
+                                 "--factory 'module:Factory(args)' (e.g. 'bastion.zoo:SmallCNN(1, 10, 8)')")
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(p))
         except Exception as exc:
             raise ModelLoadError(f"{p}: invalid safetensors file ({exc})") from exc
-        module = resolve_factory(factory)(**(factory_kwargs or {}))
+        module = build_from_factory(factory, **(factory_kwargs or {}))
         try:
             module.load_state_dict(state)
         except RuntimeError as exc:
