@@ -92,7 +92,16 @@ def register(app: typer.Typer) -> None:
 
         Formats are recognised from content, never the extension: pickle, PyTorch (zip, legacy, TorchScript), joblib, NumPy, Keras, ONNX, safetensors and zip/tar/gzip/bz2/xz/7z containers.
 
-        Exit codes: 0 clean, 1 findings at or above --fail-on, 2 a path could not be scanned.
+        Exit codes: 0 clean, 1 findings at or above --fail-on, 2 a path could not be scanned, or the
+        paths hold no files at all.
+
+        Examples:
+
+          bastion scan model.pt checkpoints/
+
+          bastion scan --format sarif . > scan.sarif
+
+          bastion scan --fail-on critical --config policy.yaml model.pkl
         """
         threshold = Severity.parse(fail_on, "--fail-on")
         policy = Policy.from_file(config) if config is not None else Policy.default()
@@ -110,5 +119,9 @@ def register(app: typer.Typer) -> None:
         else:
             _text(report, threshold, quiet)
         if report.errors:
+            raise typer.Exit(EXIT_ERROR)
+        if report.files_scanned == 0:
+            # A gate aimed at an empty folder (artefacts not downloaded yet) must not go green.
+            err_console.print("error: nothing to scan: the paths given hold no files", highlight=False)
             raise typer.Exit(EXIT_ERROR)
         raise typer.Exit(EXIT_OK if report.is_clean(threshold) else EXIT_FAILED)
