@@ -180,12 +180,27 @@ def test_quick_probe_rejection_changes_no_verdict(monkeypatch: pytest.MonkeyPatc
     blobs = [bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
     blobs += [b"1", b"64", b"little", b"3\n", b"08494888479650487350", b"(((((((((((((((((((((((((((((((((("]
     blobs += [pickle.dumps([1, 2, 3] * 12, proto)[:k] for proto in (0, 2) for k in range(1, 60)]
-    policies = [Policy.default(), Policy.default().extended(limits={"max_opcodes": 3, "max_payload_bytes": 2})]
+    # blobs that start with an opcode that fails on an empty stack, short and long
+    blobs += [code + bytes(rng.choice(alphabet) for _ in range(n)) for code in pickle_vm.FAILS_FIRST
+              for n in (0, 3, 40)]
+    policies = [Policy.default(), Policy.default().extended(limits={"max_opcodes": 3, "max_payload_bytes": 2}),
+                Policy.default().extended(limits={"max_opcodes": 1, "max_payload_bytes": 1})]
     for pol in policies:
-        for evidence in (32, None):
+        for evidence in (32, None, 1):
             quick = [analyze_stream(b, pol, probe=True, evidence_opcodes=evidence) for b in blobs]
             monkeypatch.setattr(pickle_vm, "_QUICK_PROBE_MAX", -1)
             slow = [analyze_stream(b, pol, probe=True, evidence_opcodes=evidence) for b in blobs]
             monkeypatch.undo()
             for b, q, s in zip(blobs, quick, slow, strict=True):
                 assert (q.is_pickle, q.findings, q.end, q.pickles) == (s.is_pickle, s.findings, s.end, s.pickles), b
+
+
+def test_fails_first_opcodes_fail_on_an_empty_machine() -> None:
+    """Exactly the opcodes of FAILS_FIRST stop a pickle at its first opcode, whatever follows."""
+    from bastion.scan import pickle_vm
+    from bastion.scan.opcodes import NAMES
+
+    for code in NAMES:
+        res = analyze_stream(bytes([code]) + b"NN.", Policy.default())
+        fails = res.failed and res.findings[-1][2] == "opcode 1 (offset 0x1)"
+        assert fails == (bytes([code]) in pickle_vm.FAILS_FIRST), NAMES[code]

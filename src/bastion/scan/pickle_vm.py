@@ -889,10 +889,12 @@ def analyze_stream(data: bytes | memoryview, policy: Policy, *, torch_context: b
     limits = policy.limits
     cache = cache if cache is not None else {}
     op_limit = min(limits.max_opcodes, max_opcodes or limits.max_opcodes)
-    if probe and len(data) <= _QUICK_PROBE_MAX and _no_evidence_possible(
-            bytes(data), evidence_opcodes, op_limit, limits.max_payload_bytes):
-        # tiny members (a version number, "little", an id): nothing to play
-        return StreamResult([], 0, 0, False)
+    if probe and len(data) <= _QUICK_PROBE_MAX:
+        raw = bytes(data)
+        if _no_evidence_possible(raw, evidence_opcodes, op_limit, limits.max_payload_bytes) or \
+                _fails_at_once(raw, evidence_opcodes, op_limit, limits.max_payload_bytes):
+            # tiny members (a version number, "little", an id): nothing to play
+            return StreamResult([], 0, 0, False)
     args = (policy, torch_context, max_pickles, probe, nested, evidence_opcodes, op_limit, cache)
     if not probe and len(data) > _FAST_READER_MAX:
         # big blobs (legacy checkpoints: pickles first, gigabytes of storage after) are played from a
@@ -910,6 +912,17 @@ _WINDOWS = (1024**2, 32 * 1024**2)
 _QUICK_PROBE_MAX = 4096
 #: STOP and the opcodes that name a global (GLOBAL, INST, STACK_GLOBAL): what a probe takes as evidence
 _EVIDENCE_OPCODES = (b".", b"c", b"i", b"\x93")
+
+
+#: opcodes whose handler fails on an empty stack with no mark: a pickle that starts with one stops there
+FAILS_FIRST = frozenset(bytes([c]) for c in b"012QRabdelostu.\x81\x85\x86\x87\x90\x91\x92\x93\x94")
+
+
+def _fails_at_once(raw: bytes, evidence_opcodes: int | None, max_opcodes: int, max_payload: int) -> bool:
+    """True when playing ``raw`` stops at its first opcode with an error, which never looks like a
+    pickle unless one opcode is evidence enough or a limit is hit there."""
+    return raw[:1] in FAILS_FIRST and max_opcodes >= 1 and max_payload >= 1 and \
+        (evidence_opcodes is None or evidence_opcodes > 1)
 
 
 def _no_evidence_possible(raw: bytes, evidence_opcodes: int | None, max_opcodes: int, max_payload: int) -> bool:
