@@ -119,3 +119,14 @@ def test_ibp_on_a_traced_cnn_says_what_to_do_instead(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert "--factory" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_labels_and_shapes_the_model_cannot_take_exit_two(files: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = files
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "label10.npz", x=x, y=np.array([0, 10]))  # a 10-class model has no class 10
+    code, out = _run("--model", str(model), "--data", str(tmp_path / "label10.npz"), "--n", "100")
+    assert code == 2 and "label 10" in out
+    np.savez(tmp_path / "wide.npz", x=np.zeros((2, 3, 8, 8), np.float32), y=np.array([0, 1]))
+    code, out = _run("--model", str(model), "--data", str(tmp_path / "wide.npz"), "--n", "100")
+    assert code == 2 and "shape (3, 8, 8)" in out and "Traceback" not in out

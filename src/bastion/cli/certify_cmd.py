@@ -165,6 +165,12 @@ def certify(
         raise InputError("--data", f"{data} without labels", "labels: 'y' in .npz, a 'label' column in .csv")
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    from bastion.core.validation import check_inputs, check_labels
+
+    xt = check_inputs(x, m.bounds, argument="--data", device=m.device)
+    if xt.shape[0] > 0:
+        classes = m.probe(xt, "--data")
+        y = check_labels(y, xt.shape[0], classes, argument="--data labels").cpu()
 
     show = not json_out
     if method == "smoothing":
