@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,12 @@ def test_torch_model_preprocessing_applies_inside() -> None:
     m = bn.wrap(lin, preprocessing=([0.5, 0.5], [0.5, 0.5]))
     out = m.scores(torch.tensor([[1.0, 0.0]]))
     assert torch.allclose(out, torch.tensor([[1.0, -1.0]]))
+
+
+def test_unfitted_estimators_and_folders_are_named_clearly(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(bn.InputError, match="unfitted LogisticRegression"):
+        bn.wrap(LogisticRegression())
+    with pytest.raises(bn.errors.ModelLoadError, match="is a folder"):
+        bn.load_model(tmp_path)

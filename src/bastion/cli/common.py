@@ -72,7 +72,7 @@ def handle_errors(fn: F) -> F:
         except typer.Exit:
             raise
         except BastionError as exc:
-            fail(str(exc))
+            fail(_as_option(exc, kwargs))
         except IsADirectoryError as exc:
             fail(f"{exc.filename}: is a folder, expected a file")
         except (FileNotFoundError, PermissionError, FileExistsError, NotADirectoryError) as exc:
@@ -89,6 +89,18 @@ def handle_errors(fn: F) -> F:
             _JSON_ERRORS.reset(token)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _as_option(exc: BaseException, params: dict[str, Any]) -> str:
+    """Name a library argument as the command's option (``batch_size`` -> ``--batch-size``) in the message."""
+    from bastion.errors import InputError
+
+    text = str(exc)
+    if isinstance(exc, InputError) and exc.argument in params and text.startswith(f"{exc.argument}:"):
+        text = "--" + exc.argument.replace("_", "-") + text[len(exc.argument):]
+    # Hints written for the Python API that have no CLI counterpart, or another spelling there.
+    return (text.replace("pass bounds=", "pass --bounds").replace(" (force=True)", "")
+            .replace(" (pass weights_only=False for estimators)", ""))
 
 
 def print_json(obj: Any) -> None:

@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
         from bastion.scan.safe_load import UnsafeModelError, safe_load
 
         if not src.is_file():
-            fail(f"{src}: no such file", EXIT_ERROR)
+            fail(f"{src}: is a folder, expected a checkpoint file" if src.is_dir() else f"{src}: no such file",
+                 EXIT_ERROR)
         if dst.suffix != ".safetensors":
             fail(f"OUT: got {dst.name!r}, expected a file name ending in .safetensors", EXIT_ERROR)
         if not dst.parent.is_dir():

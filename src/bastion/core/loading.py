@@ -120,7 +120,7 @@ def load_model(path: str | Path, *, factory: str | None = None, bounds: tuple[fl
 
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"{p}: no such model file")
+        raise ModelLoadError(f"{p}: is a folder, expected a model file" if p.is_dir() else f"{p}: no such model file")
     kind = sniff(p)
     torch_kw: dict[str, Any] = {"preprocessing": preprocessing}
     if device:

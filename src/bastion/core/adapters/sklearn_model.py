@@ -22,6 +22,16 @@ class SklearnModel(Model):
         super().__init__()
         if not hasattr(estimator, "predict"):
             raise InputError("model", type(estimator).__name__, "an estimator with predict() or predict_proba()")
+        try:
+            from sklearn.exceptions import NotFittedError
+            from sklearn.utils.validation import check_is_fitted
+
+            check_is_fitted(estimator)
+        except NotFittedError:
+            raise InputError("model", f"an unfitted {type(estimator).__name__}", "a fitted estimator (call fit first)") \
+                from None
+        except (ImportError, TypeError):
+            pass  # not a scikit-learn estimator: anything with predict() is accepted
         self.estimator = estimator
         self.bounds = check_bounds(bounds)
         self.device = torch.device(device)
