@@ -134,7 +134,18 @@ def certify(
         None, "--min-certified-accuracy", help="Exit 1 if certified accuracy is below this at any radius."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report instead of text."),
 ) -> None:
-    """Certify a model: the fraction of examples provably classified right within each radius."""
+    """Certify a model: the fraction of examples provably classified right within each radius.
+
+    Examples:
+
+      bastion certify --model model.pt --data test.npz --method smoothing --sigma 0.25 --radii 0.25,0.5
+
+      bastion certify --model mlp.safetensors --factory 'bastion.zoo:MLP(64, 10)' --data test.npz \\
+          --method ibp --eps 0.05 --min-certified-accuracy 0.5 --json
+
+    Exit codes: 0 passed (or no gate given); 1 certified accuracy below --min-certified-accuracy at
+    some radius; 2 could not run (bad file, bad arguments).
+    """
     from bastion.core.loading import load_model
     from bastion.datasets import load_data
 

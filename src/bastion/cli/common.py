@@ -66,7 +66,7 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = _JSON_ERRORS.set(bool(kwargs.get("json_out")))
+        token = _JSON_ERRORS.set(bool(kwargs.get("json_out") or kwargs.get("as_json")))
         try:
             return fn(*args, **kwargs)
         except typer.Exit:

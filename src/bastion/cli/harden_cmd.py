@@ -166,7 +166,19 @@ def harden(
     seed: int = typer.Option(0, "--seed", help="Random seed (split, initialisation, training)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Adversarially train a model and compare it with a normally trained one (clean and robust accuracy)."""
+    """Adversarially train a model and compare it with a normally trained one (clean and robust accuracy).
+
+    Examples:
+
+      bastion harden --data train.npz --arch smallcnn --method pgd-at --eps 0.2 --epochs 10 --out models/robust
+
+      bastion harden --data train.npz --test test.npz --method trades --eps 0.1 --out robust --json
+
+      bastion harden --data train.csv --arch mlp --method fgsm-rs --eps 0.1 --out tabular/robust
+
+    Writes OUT.pt (TorchScript), OUT.safetensors and OUT.md (the before/after report); OUT's folder is
+    created if missing. Exit codes: 0 done; 2 could not run (bad file, bad arguments).
+    """
     import torch
 
     import bastion as bn
