@@ -37,3 +37,20 @@ def digits_cnn(digits: bn.datasets.Dataset) -> torch.nn.Module:
 def digits_mlp(digits: bn.datasets.Dataset) -> torch.nn.Module:
     model = bn.zoo.MLP(64, 10, hidden=(64,))
     return bn.zoo.train(model, digits.x_train, digits.y_train, epochs=30, lr=3e-3, seed=0)
+
+
+class _Rounded(torch.nn.Module):
+    """Gradient masking by construction: inputs are rounded to quarters, so every input gradient is zero."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+@pytest.fixture(scope="session")
+def masked_cnn(digits_cnn: torch.nn.Module) -> torch.nn.Module:
+    """The digits CNN behind a rounding layer: robust-looking to gradient attacks, not to black-box ones."""
+    return _Rounded(digits_cnn)

@@ -138,22 +138,11 @@ def test_demo_quick_writes_reports(tmp_path: Path) -> None:
     assert y is not None and model.predict(x).shape == y.shape
 
 
-class _Rounded(nn.Module):
-    """Gradient masking by construction: inputs are rounded, so every input gradient is zero."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.round(x * 4) / 4)
-
-
-def test_gate_refuses_a_number_the_masking_checks_distrust(files: dict[str, Path], digits_cnn: nn.Module) -> None:
+def test_gate_refuses_a_number_the_masking_checks_distrust(files: dict[str, Path], masked_cnn: nn.Module) -> None:
     masked = files["dir"] / "masked.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.trace(_Rounded(digits_cnn), torch.rand(1, 1, 8, 8)).save(str(masked))
+        torch.jit.trace(masked_cnn, torch.rand(1, 1, 8, 8)).save(str(masked))
     args = ["evaluate", "-m", masked, "-d", files["data"], "--eps", "0.1,0.2", "--suite", "fast", "--json",
             "--min-robust-accuracy", "0"]
     code, out, _ = _run(*args)

@@ -146,5 +146,5 @@ def test_factories_take_literal_arguments_and_are_checked(tmp_path: Path) -> Non
         parse_factory("a.b:C(__import__('os'))")
     with pytest.raises(bn.InputError, match="builds the model"):
         build_from_factory("bastion.zoo:MLP")  # needs its arguments: a clear error, not a TypeError
-    with pytest.raises(bn.InputError, match="nn.Module"):
+    with pytest.raises(bn.InputError, match=r"nn\.Module"):
         build_from_factory("math:floor(2.5)")

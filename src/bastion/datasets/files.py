@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +22,23 @@ from bastion.errors import DataLoadError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def _np_load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+@contextmanager
+def _numpy_errors(path: Path, what: str) -> Iterator[None]:
+    """NumPy's read errors as DataLoadError; a pickled (object) array is named as the risk it is."""
     try:
-        return np.load(path, allow_pickle=False)
+        yield
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise DataLoadError(f"{path}: contains pickled object arrays, which could run code; "
-                                "save plain numeric arrays instead") from exc
-        raise DataLoadError(f"{path}: not a readable NumPy file ({exc})") from exc
+            raise DataLoadError(f"{path}: {what} holds pickled object arrays, which could run code; "
+                                "expected plain numeric arrays") from None
+        raise DataLoadError(f"{path}: {what} is not readable ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataLoadError(f"{path}: not a readable NumPy file ({exc})") from exc
+        raise DataLoadError(f"{path}: {what} is not readable ({exc})") from None
+
+
+def _np_load(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+    with _numpy_errors(path, "the NumPy file"):
+        return np.load(path, allow_pickle=False)
 
 
 def _numeric(arr: np.ndarray, what: str, path: Path) -> np.ndarray:
@@ -53,15 +62,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _member(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     # Members of an .npz are read lazily: a pickled (object) array is only refused here.
-    try:
+    with _numpy_errors(path, f"array '{key}'"):
         arr: np.ndarray = data[key]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DataLoadError(f"{path}: array '{key}' is an object (pickled) array, which could run code; "
-                                "expected a numeric array") from None
-        raise DataLoadError(f"{path}: array '{key}' is not readable ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataLoadError(f"{path}: array '{key}' is not readable ({exc})") from None
     return arr
 
 
