@@ -38,11 +38,11 @@ def attack_command(
                                      "default: the attack's own."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write x_adv, success and y to this .npz "
                                     "(with one epsilon also x = x_adv, so the file can be fed back as --data)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never the input files)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never the input files).", metavar=""),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
     factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
                                        "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code).", metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Attack only the first N examples."),
     label_column: str = typer.Option("label", "--label-column", help="Label column of a CSV file."),

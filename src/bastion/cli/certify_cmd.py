@@ -128,11 +128,11 @@ def certify(
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
     factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
                                        "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).", metavar=""),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the model's device)."),
     min_certified_accuracy: float | None = typer.Option(
         None, "--min-certified-accuracy", help="Exit 1 if certified accuracy is below this at any radius."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON report instead of text."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report instead of text.", metavar=""),
 ) -> None:
     """Certify a model: the fraction of examples provably classified right within each radius.
 

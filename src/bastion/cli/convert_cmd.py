@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
         src: Path = typer.Argument(..., metavar="IN", help="PyTorch checkpoint (.pt/.pth/.bin, zip or legacy)."),
         dst: Path = typer.Argument(..., metavar="OUT", help="Where to write the .safetensors file."),
         key: str | None = typer.Option(None, "--key", help="Take the state dict from this top-level key."),
-        force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
-        json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+        force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists.", metavar=""),
+        json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON.", metavar=""),
     ) -> None:
         """Convert a PyTorch checkpoint to safetensors without running code it carries.
 

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def demo_command(
     out: Path = typer.Option(Path("bastion-demo"), "--out", "-o", help="Folder for the model, data and reports."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer epochs and examples (a few seconds)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer epochs and examples (a few seconds).", metavar=""),
     seed: int = typer.Option(0, "--seed", help="Random seed for training and attacks."),
 ) -> None:
     """Train a digits CNN, attack it, and write a robustness report you can open in a browser.

@@ -80,23 +80,23 @@ def evaluate_command(
     eps: str = typer.Option(..., "--eps", help="Comma-separated budgets, e.g. 0.1,0.2 or 8/255,16/255."),
     norm: str = typer.Option("linf", "--norm", help="linf | l2 | l1"),
     suite: str = typer.Option("standard", "--suite", help=SUITE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no progress bars)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (no progress bars).", metavar=""),
     min_robust_accuracy: float | None = typer.Option(None, "--min-robust-accuracy",
                                                      help="Fail (exit 1) if robust accuracy is below this "
                                                      "fraction at any epsilon."),
     report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here."),
     factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
                                        "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code).", metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
     label_column: str = typer.Option("label", "--label-column", help="Label column of a CSV file."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the attacks."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per attack batch."),
-    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking checks."),
+    checks: bool = typer.Option(True, "--checks/--no-checks", help="Run the gradient-masking checks.", metavar=""),
     allow_masking: bool = typer.Option(False, "--allow-masking", help="Let the --min-robust-accuracy gate pass "
                                        "even when a HIGH gradient-masking finding says the number is not "
-                                       "trustworthy (by default such a finding fails the gate)."),
+                                       "trustworthy (by default such a finding fails the gate).", metavar=""),
 ) -> None:
     """Measure robust accuracy with an AutoAttack-grade ensemble and check for gradient masking.
 

@@ -164,7 +164,7 @@ def harden(
     suite: str = typer.Option("standard", "--suite", help="bastion.evaluate suite for the comparison."),
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split, initialisation, training)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout.", metavar=""),
 ) -> None:
     """Adversarially train a model and compare it with a normally trained one (clean and robust accuracy).
 

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                                            help="YAML policy extending the default allowlist "
                                                 "(allow:, deny:, unknown_severity:, limits:)."),
         quiet: bool = typer.Option(False, "--quiet", "-q",
-                                   help="Only findings at or above --fail-on; no summary, no progress."),
+                                   help="Only findings at or above --fail-on; no summary, no progress.", metavar=""),
     ) -> None:
         """Scan model files for code that runs on load, without loading them.
 

@@ -76,8 +76,8 @@ def keygen_command(
         "--password-env",
         help="Encrypt the private key with the password held in this environment variable.",
     ),
-    force: bool = typer.Option(False, "--force", help="Replace existing key files."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    force: bool = typer.Option(False, "--force", help="Replace existing key files.", metavar=""),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Create an Ed25519 key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub (PEM public key).
 
@@ -122,7 +122,7 @@ def sign_command(
     password_env: str | None = typer.Option(
         None, "--password-env", help="Environment variable holding the private key's password."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Hash every file of MODEL_DIR and sign the manifest (in-toto Statement in a DSSE envelope).
 
@@ -177,7 +177,7 @@ def verify_command(
         None, "--signature", "-s", help="Signature file (default MODEL_DIR/model.sig)."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Hashing threads (default: cores + 4)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Check MODEL_DIR against its signature: exit 0 intact, 1 names every difference, 2 could not check.
 
