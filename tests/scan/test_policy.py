@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from bastion.scan import Policy, Severity
-from bastion.scan.policy import _IDENT, DANGEROUS_ATTRS, Pattern, _reachable_pairs, normalize
+from bastion.scan.policy import _IDENT, DANGEROUS_ATTRS, DEFAULT_ALLOW, Pattern, _reachable_pairs, normalize
 
 
 def _reference(policy: Policy, module: str, name: str) -> tuple[Severity | None, str, set[str]]:
@@ -22,6 +22,9 @@ def _reference(policy: Policy, module: str, name: str) -> tuple[Severity | None,
     if matches and not any(pat.exact for pat in allowed):
         worst = max(s for s, _ in matches)
         return worst, "BASTION-PICKLE-DANGEROUS", {p for s, p in matches if s == worst}
+    builtin = {Pattern.parse(p) for p in DEFAULT_ALLOW}
+    if matches and not any(pat.exact and pat in builtin for pat in allowed):
+        return Severity.INFO, "BASTION-PICKLE-ALLOWED-BY-POLICY", set()  # a user's carve-out: reported
     if allowed:
         return None, "", set()
     if any(p in DANGEROUS_ATTRS for p in mod.split(".") + nm.split(".")):
@@ -67,7 +70,9 @@ def test_compiled_matcher_agrees_with_a_plain_scan_of_every_pattern() -> None:
 def test_default_policy_is_built_once_and_extensions_are_independent() -> None:
     assert Policy.default() is Policy.default()
     ext = Policy.default().extended(allow=["os:system"])
-    assert ext.verdict("os", "system").severity is None  # an exact allow carves it out
+    # an exact allow carves it out, but a user's carve-out of a denied name is still reported, at INFO
+    assert (ext.verdict("os", "system").severity, ext.verdict("os", "system").rule_id) == \
+        (Severity.INFO, "BASTION-PICKLE-ALLOWED-BY-POLICY")
     assert Policy.default().verdict("os", "system").severity == Severity.CRITICAL
     assert ext == Policy.default().extended(allow=["os:system"])  # the cache is not part of the value
     assert Pattern.parse("os:system") in ext.allow

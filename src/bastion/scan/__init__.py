@@ -17,8 +17,9 @@ import contextlib
 import mmap
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePath
 
+from bastion.errors import InputError
 from bastion.scan.engine import Context
 from bastion.scan.findings import Finding, ScanReport, Severity
 from bastion.scan.policy import Limits, Policy
@@ -42,8 +43,22 @@ __all__ = [
 def scan_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>",
                policy: Policy | None = None) -> list[Finding]:
     """Findings for one blob of bytes (any supported format, sniffed from content). Pure: no I/O."""
-    ctx = Context(name, policy or Policy.default())
-    ctx.scan(memoryview(data), "", 0)
+    # the name's extension only decides whether an unrecognised blob deserves a finding, never the format
+    return _scan_blob(data, name, policy or Policy.default(), PurePath(name).suffix if name != "<bytes>" else "")
+
+
+#: extensions that promise a model file: one whose bytes match no format gets a finding, not silence
+MODEL_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".hdf5", ".keras",
+                            ".onnx", ".safetensors", ".npy", ".npz", ".pb", ".ptl", ".mar", ".sav", ".model"})
+
+
+def _scan_blob(data: bytes | bytearray | memoryview, name: str, policy: Policy, suffix: str) -> list[Finding]:
+    ctx = Context(name, policy)
+    kind = ctx.scan(memoryview(data), "", 0) if len(data) else "empty"
+    if kind in ("unknown", "empty") and suffix.lower() in MODEL_SUFFIXES:
+        what = "is empty" if kind == "empty" else "matches no model format Bastion knows"
+        ctx.emit("BASTION-UNRECOGNISED", Severity.MEDIUM, "", "",
+                 f"named like a model file ({suffix}) but {what}; nothing in it was analysed")
     return ctx.findings
 
 
@@ -65,20 +80,20 @@ def _read_to_end(fd: int, size: int) -> bytes:
 def _scan_file(path: Path, policy: Policy) -> tuple[list[Finding], int]:
     size = os.stat(path).st_size
     if size == 0:
-        return [], 0
+        return _scan_blob(b"", str(path), policy, path.suffix), 0
     # a bare descriptor: the fewest system calls (no buffer, no fstat or seek of a file object)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         if size <= _READ_MAX:
             data = _read_to_end(fd, size)
-            return scan_bytes(data, str(path), policy), len(data)
+            return _scan_blob(data, str(path), policy, path.suffix), len(data)
         # mmap: the OS pages in only what the scanner touches (pickle members, headers), not tensor data
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)  # a map keeps its own reference to the file
     view = memoryview(mm)
     try:
-        findings = scan_bytes(view, str(path), policy)
+        findings = _scan_blob(view, str(path), policy, path.suffix)
     finally:
         # a lingering slice keeps the map alive; it closes when that is collected
         with contextlib.suppress(BufferError):
@@ -97,7 +112,11 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None
         if errors is not None:
             errors.append(f"{exc.filename}: cannot be listed ({exc.strerror})")
 
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise InputError("paths", repr(paths), "a list of file or folder paths (scan_path takes one)")
     for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise InputError("path", repr(p), "a file or folder path (str or pathlib.Path)")
         root = Path(p)
         if root.is_dir():
             for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):

@@ -320,6 +320,10 @@ class Limits:
     max_payload_bytes: int = 512 * 1024**2  # one string/bytes constant inside a pickle
 
 
+#: rule of a denied global that an exact allow entry lets through: reported at INFO, admitted by safe_load
+ALLOWED_OVERRIDE_RULE = "BASTION-PICKLE-ALLOWED-BY-POLICY"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Why a global got its severity: ``rule_id`` and a short reason for the message."""
@@ -586,8 +590,17 @@ class Policy:
         worst = matcher.denied(pairs)
         allowed = matcher.allowed(mod, nm)
         # an exact allow entry carves one name out of a denied namespace; a wildcard allow never does
-        if worst is not None and not any(pat.exact for pat in allowed):
-            return Verdict(worst[0], "BASTION-PICKLE-DANGEROUS", f"denied by {worst[1]}")
+        if worst is not None:
+            exact = [pat for pat in allowed if pat.exact]
+            if not exact:
+                return Verdict(worst[0], "BASTION-PICKLE-DANGEROUS", f"denied by {worst[1]}")
+            if any(pat in _builtin_allow() for pat in exact):
+                return Verdict(None, "", "allowed")  # the built-in carve-outs (e.g. TorchScript's list builders)
+            # A user's policy allowed it on purpose, but never silently: a policy file in a repository is
+            # itself attack surface.
+            return Verdict(Severity.INFO, ALLOWED_OVERRIDE_RULE,
+                           f"denied by {worst[1]} ({worst[0].name.lower()}) but allowed by the policy entry "
+                           f"{exact[0]}; it still runs when the file is loaded")
         if allowed:
             return Verdict(None, "", "allowed")
         hits = sorted({p for p in (mod.split(".") + nm.split(".")) if p in DANGEROUS_ATTRS})
@@ -602,6 +615,13 @@ class Policy:
 
 
 _DEFAULT: list[Policy] = []
+_BUILTIN_ALLOW: list[frozenset[Pattern]] = []
+
+
+def _builtin_allow() -> frozenset[Pattern]:
+    if not _BUILTIN_ALLOW:
+        _BUILTIN_ALLOW.append(frozenset(Pattern.parse(p) for p in DEFAULT_ALLOW))
+    return _BUILTIN_ALLOW[0]
 
 
 def _default_policy() -> Policy:

@@ -57,6 +57,10 @@ _RULES = [
          "safetensors header is not well formed (size, JSON, dtypes, offsets, shapes)"),
     Rule("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH,
          "archive member is encrypted or uses an unsupported compression, so it could not be scanned"),
+    Rule("BASTION-PICKLE-ALLOWED-BY-POLICY", Severity.INFO,
+         "a denied global that an exact entry of the user's policy allows: it still runs when the file loads"),
+    Rule("BASTION-UNRECOGNISED", Severity.MEDIUM,
+         "file named like a model (by its extension) whose bytes match no model format, so nothing was analysed"),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from bastion.errors import ModelLoadError
 from bastion.scan.findings import Severity
-from bastion.scan.policy import Policy, normalize
+from bastion.scan.policy import ALLOWED_OVERRIDE_RULE, Policy, normalize
 
 __all__ = ["AllowlistUnpickler", "UnsafeModelError", "safe_load"]
 
@@ -107,7 +107,8 @@ class _Guard:
 
     def resolve(self, module: str, name: str, real_find: Callable[[str, str], Any]) -> Any:
         qual = f"{module}.{name}"
-        if self.policy.classify_global(module, name) is not None:
+        verdict = self.policy.verdict(module, name)
+        if verdict.severity is not None and verdict.rule_id != ALLOWED_OVERRIDE_RULE:
             raise UnsafeModelError(f"refused global {qual} in {self.where}", qual, self.where)
         mod, nm = normalize(module, name)
         if self.weights_only and ("." in nm or not _matches(WEIGHTS_ONLY, mod, nm)):
