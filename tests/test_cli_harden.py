@@ -62,6 +62,8 @@ def test_harden_writes_model_files_and_a_before_after_report(files: dict[str, Pa
     (["--eps", "0"], "--eps"),
     (["--precision", "fp8"], "--precision"),
     (["--arch", "transformer"], "arch"),
+    (["--lr", "-1"], "--lr"),
+    (["--steps", "0"], "--steps"),
 ])
 def test_bad_options_exit_2_with_a_message(files: dict[str, Path], args: list[str], message: str) -> None:
     res = runner.invoke(app, ["harden", "--data", str(files["train"]), "--epochs", "1",
@@ -79,3 +81,11 @@ def test_bad_data_exits_2(files: dict[str, Path]) -> None:
     # --out's folder is created when missing, but a file where the folder should be is refused up front.
     res = runner.invoke(app, ["harden", "--data", str(files["train"]), "--out", str(files["train"] / "x")])
     assert res.exit_code == 2 and "--out" in res.output
+
+
+def test_single_class_data_is_refused_before_training(files: dict[str, Path], digits: bn.datasets.Dataset) -> None:
+    one = files["root"] / "one.npz"
+    keep = digits.y_train == 3
+    np.savez(one, x=digits.x_train[keep][:60].numpy(), y=digits.y_train[keep][:60].numpy())
+    res = runner.invoke(app, ["harden", "--data", str(one), "--out", str(files["root"] / "x1")])
+    assert res.exit_code == 2 and "two classes" in res.output

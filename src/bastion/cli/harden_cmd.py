@@ -10,6 +10,7 @@ report as JSON. Exit codes: 0 done, 2 bad input.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from pathlib import Path
@@ -194,6 +195,13 @@ def harden(
         raise InputError("--eps", eps, "a positive radius")
     if epochs < 1:
         raise InputError("--epochs", epochs, "an integer >= 1")
+    # Checked before anything trains: a bad value found after the standard model's training wastes minutes.
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError("--lr", lr, "a positive learning rate")
+    if steps < 1:
+        raise InputError("--steps", steps, "an integer >= 1")
+    if not (math.isfinite(beta) and beta > 0):
+        raise InputError("--beta", beta, "a positive TRADES weight")
     if precision not in PRECISIONS:
         raise InputError("--precision", precision, f"one of {', '.join(PRECISIONS)}")
     if schedule not in SCHEDULES:
@@ -216,6 +224,8 @@ def harden(
     check_inputs(x_tr, bounds, argument="--data")
     check_inputs(x_te, bounds, argument="--test" if test is not None else "--data")
     num_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1
+    if int(torch.unique(y_tr).numel()) < 2:
+        raise InputError("--data", f"labels of one class only ({int(y_tr[0])})", "examples of at least two classes")
 
     torch.manual_seed(seed)
     fresh = _build(arch, tuple(x_tr.shape[1:]), num_classes)
