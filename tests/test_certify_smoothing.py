@@ -214,3 +214,10 @@ def test_bf16_forward_passes_agree_away_from_the_boundary() -> None:
     x = torch.tensor([[0.9, 0.9], [0.1, 0.2]])
     result = Smoothed(model, 0.1, precision="bf16").certify(x, n0=50, n=1000)
     assert result.prediction.tolist() == [1, 0]
+
+
+def test_too_few_draws_to_certify_anything_useful_warn() -> None:
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    smoothed = Smoothed(net, sigma=0.25)
+    with pytest.warns(UserWarning, match="no radius above"):
+        smoothed.certify(torch.rand(2, 1, 8, 8), n0=10, n=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +182,11 @@ class Smoothed:
         n0 = _positive_int(n0, "n0")
         n = _positive_int(n, "n")
         a = check_alpha(alpha)
+        # Even n correct draws out of n only bound pA below by about alpha^(1/n): too few draws cap the radius.
+        best, _ = certified_radius(np.array([n]), n, a, self.sigma)
+        if float(best[0]) < self.sigma / 2:
+            warnings.warn(f"certify: with n={n} draws and alpha={a:g} no radius above {float(best[0]):.3g} can be "
+                          f"certified (sigma={self.sigma:g}); Cohen et al. use n=100,000", UserWarning, stacklevel=2)
         xt = self._prepare(x)
         t0 = time.perf_counter()
         gen = self._generator()
