@@ -85,8 +85,9 @@ def attack_command(
         res = atk(net, x, y, epsilons=values)
         bar.update(task, total=1, completed=1)
     seconds = time.perf_counter() - t0
-    clean = float((net.predict(x.to(net.device)).cpu() == y).float().mean())
-    rates = dict(zip(labels, res.success_rate, strict=True))
+    # exact fractions (count / n), not float32 means that print as 0.9750000238418579
+    clean = int((net.predict(x.to(net.device)).cpu() == y).sum()) / int(x.shape[0])
+    rates = dict(zip(labels, (int(s.sum()) / int(x.shape[0]) for s in res.success.cpu()), strict=True))
     if out is not None:
         _save(out, res, y, values)
     if json_out:
