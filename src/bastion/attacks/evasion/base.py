@@ -67,6 +67,7 @@ class AttackResult:
 
     @property
     def success_rate(self) -> list[float]:
+        """Fraction of examples broken, one per epsilon: always a list (one element for a scalar epsilon)."""
         return [float(s.float().mean()) for s in self.success]
 
     def distances(self, inputs: Tensor) -> list[Tensor]:
