@@ -49,8 +49,9 @@ def sniff(head: bytes, size: int) -> str:
         return "torch-legacy"
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
-        # '{"' right after the length is the format's signature even when the length is a lie
-        if 2 <= n <= min(SAFETENSORS_MAX_HEADER, size - 8) or head[8:10] == b'{"':
+        # '{"' right after the length is the format's signature even when the length is a lie; a plausible
+        # length past the end of the data is a truncated file, which the handler reports
+        if 2 <= n <= SAFETENSORS_MAX_HEADER or head[8:10] == b'{"':
             return "safetensors"
     if head[:1] == b"\x80":
         # PROTO first: a pickle, even with a protocol number pickle would refuse (then it is a parse finding)
