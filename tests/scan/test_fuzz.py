@@ -288,3 +288,9 @@ def test_atheris_finds_stay_fixed() -> None:
     # the data was sniffed as unknown and came out clean; now it is an invalid safetensors header.
     blob = base64.b64decode("DPQAAAAAAAB7bm/MdCBqc29uISF9AAAAAAABAAA=")
     assert [f.rule_id for f in scan_bytes(blob, name="fuzz")] == ["BASTION-SAFETENSORS-INVALID"]
+    # A zip member named model.pkl whose bytes (a mangled pickle) parse as nothing came out clean.
+    mangled = base64.b64decode(
+        "UEsDBBQAAAAIAAAAIVhdRJMVNgAAADQAAAAPAAAAaW5uZXIvbW9kZWwucGtsa+nKYGEv7mErriwuSc2d3COXmpyRr5CUWFySmZ+nm5xfV"
+        "FBarGCnn5Japp9XmpPTGvT/nx4AUEsBAhQDFAAAAAgAAAAhWF1EkxU2AAAANAAAAA8AAAAAAAAAAAAAAIABAAAAAGlubmVyL21vZGVsLnBr"
+        "bFBLBQYAAAAAAQABAD0AAABjAAAAAAA=")
+    assert [f.rule_id for f in scan_bytes(mangled, name="fuzz")] == ["BASTION-UNRECOGNISED"]

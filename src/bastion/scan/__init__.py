@@ -24,6 +24,7 @@ from bastion.scan.engine import Context
 from bastion.scan.findings import Finding, ScanReport, Severity
 from bastion.scan.policy import Limits, Policy
 from bastion.scan.rules import RULES, Rule
+from bastion.scan.sniff import MODEL_SUFFIXES
 
 __all__ = [
     "RULES",
@@ -47,9 +48,6 @@ def scan_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>",
     return _scan_blob(data, name, policy or Policy.default(), PurePath(name).suffix if name != "<bytes>" else "")
 
 
-#: extensions that promise a model file: one whose bytes match no format gets a finding, not silence
-MODEL_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".hdf5", ".keras",
-                            ".onnx", ".safetensors", ".npy", ".npz", ".pb", ".ptl", ".mar", ".sav", ".model"})
 
 
 def _scan_blob(data: bytes | bytearray | memoryview, name: str, policy: Policy, suffix: str) -> list[Finding]:

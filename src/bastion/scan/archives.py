@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from bastion.scan.engine import Context
 from bastion.scan.findings import Severity
+from bastion.scan.sniff import MODEL_SUFFIXES
 
 _LOCAL = b"PK\x03\x04"
 _LOCAL_FMT = struct.Struct("<4sHHHHHIIIHH")
@@ -392,6 +393,11 @@ def scan_zip(ctx: Context, view: memoryview, inner: str, depth: int, hints: froz
             # really encrypted (not just a flipped flag bit): whatever it holds could not be read
             ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
                      "member is encrypted and its bytes are not a recognisable format; not scanned")
+        if kind == "unknown" and "storage" not in hints_here and _suffix(e.name) in MODEL_SUFFIXES:
+            # a member named like a pickle or model that parses as nothing: a loader may still try it
+            ctx.emit("BASTION-UNRECOGNISED", Severity.MEDIUM, where, "",
+                     f"member named like a model file ({_suffix(e.name)}) but its bytes match no model format; "
+                     "nothing in it was analysed")
         if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
                      "CRC-32 does not match the data (zipfile refuses it; other readers do not check); "
@@ -577,3 +583,8 @@ def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: froze
         body = product.read()
         ctx.decompressed += len(body)
         ctx.scan(body, ctx.member(inner, name), depth + 1, hints)
+
+
+def _suffix(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    return "." + base.rsplit(".", 1)[-1].lower() if "." in base.strip(".") else ""

@@ -11,6 +11,10 @@ _OPCODE_BYTES = frozenset(op.code.encode("latin-1") for op in pickletools.opcode
 #: first protobuf fields of an ONNX ModelProto after ir_version (tags of fields 2-8, 14, 20, 25)
 _ONNX_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA})
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+#: extensions that promise a model file (or a pickle inside an archive): one whose bytes match no format
+#: gets a finding, not silence. The extension never decides the format, only whether silence is suspicious.
+MODEL_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".hdf5", ".keras",
+                            ".onnx", ".safetensors", ".npy", ".npz", ".pb", ".ptl", ".mar", ".sav", ".model"})
 
 STRONG_COMPRESSION = ("gzip", "bz2", "xz", "7z", "lz4", "zstd")
 
