@@ -255,6 +255,16 @@ def small_files(tool_fns: dict[str, tuple[Callable[[Path], Verdict], Callable[[P
     return out
 
 
+def _run_header(tool_fns: dict[str, Any]) -> dict[str, Any]:
+    """When, where, how and with which tool versions a run was made."""
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "versions": {t: version_of(t) for t in tool_fns},
+    }
+
+
 def main_small_files(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bastion-scan-small-", dir=args.workdir))
     try:
@@ -262,13 +272,7 @@ def main_small_files(args: argparse.Namespace) -> None:
         res = small_files(tool_fns, make_small_files(tmp, args.small_files), args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "versions": {t: version_of(t) for t in tool_fns},
-        "small_files": res,
-    }
+    result = {**_run_header(tool_fns), "small_files": res}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     figures = " · ".join(f"{t} {res[t]['us_per_file']:.0f} µs/file ({res[t]['verdicts']})" for t in tool_fns)
@@ -304,10 +308,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
-        "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "versions": {t: version_of(t) for t in tool_fns},
+        **_run_header(tool_fns),
         "detection": det,
         "false_positives": fp,
         "speed": spd,
