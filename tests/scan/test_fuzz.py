@@ -294,3 +294,7 @@ def test_atheris_finds_stay_fixed() -> None:
         "FBarGCnn5Japp9XmpPTGvT/nx4AUEsBAhQDFAAAAAgAAAAhWF1EkxU2AAAANAAAAA8AAAAAAAAAAAAAAIABAAAAAGlubmVyL21vZGVsLnBr"
         "bFBLBQYAAAAAAQABAD0AAABjAAAAAAA=")
     assert [f.rule_id for f in scan_bytes(mangled, name="fuzz")] == ["BASTION-UNRECOGNISED"]
+    # A protocol-5 pickle whose STACK_GLOBAL became NEXT_BUFFER: loaders refuse it, the scan said nothing.
+    oob = base64.b64decode("gAWVSwAAAAAAAACMBnBpY2tsZYwFbG9hZHOXQjMAAACAXQJjb3MKc3lzdGVtClgeAAAAZWNobyBiYXN0aW9uLWNvcnB1"
+                           "cyA+L2Rldi9udWxshVIuhVIu")
+    assert "BASTION-PICKLE-OUT-OF-BAND" in [f.rule_id for f in scan_bytes(oob, name="fuzz")]

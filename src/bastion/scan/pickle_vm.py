@@ -253,6 +253,7 @@ class Machine:
         self.index = 0
         self.pos = 0
         self.persid_reported = False
+        self.oob_reported = False
         self.joblib_state: Value | None = None
 
     # helpers -------------------------------------------------------------------------------------------
@@ -756,6 +757,13 @@ class Machine:
         self.stack.append(Persistent(pid))
 
     def op_next_buffer(self, arg: Any) -> None:
+        # Model loaders (pickle.load, torch.load, joblib) pass no buffers= and refuse this opcode; a loader
+        # that does pass them feeds in bytes from outside the file, which no scan of the file can see.
+        if not self.oob_reported:
+            self.oob_reported = True
+            self.report("BASTION-PICKLE-OUT-OF-BAND", Severity.MEDIUM,
+                        "refers to an out-of-band buffer (protocol 5 NEXT_BUFFER): ordinary loaders refuse it, "
+                        "and its contents live outside the file")
         self.stack.append(Opaque("out-of-band buffer"))
 
     def op_noop(self, arg: Any) -> None:
