@@ -298,3 +298,7 @@ def test_atheris_finds_stay_fixed() -> None:
     oob = base64.b64decode("gAWVSwAAAAAAAACMBnBpY2tsZYwFbG9hZHOXQjMAAACAXQJjb3MKc3lzdGVtClgeAAAAZWNobyBiYXN0aW9uLWNvcnB1"
                            "cyA+L2Rldi9udWxshVIuhVIu")
     assert "BASTION-PICKLE-OUT-OF-BAND" in [f.rule_id for f in scan_bytes(oob, name="fuzz")]
+    # A pickle whose LONG_BINPUT index is 1.9 billion: CPython's unpickler sizes its memo table to it.
+    bomb = b"\x80\x02K\x01r\x71\x8c\x87\x71."  # LONG_BINPUT 1,904,708,721, then STOP
+    assert "BASTION-PICKLE-MEMO-BOMB" in [f.rule_id for f in scan_bytes(bomb, name="fuzz")]
+    assert "BASTION-PICKLE-MEMO-BOMB" not in [f.rule_id for f in scan_bytes(b"\x80\x02K\x01r\x00\x01\x00\x00.")]

@@ -254,6 +254,7 @@ class Machine:
         self.pos = 0
         self.persid_reported = False
         self.oob_reported = False
+        self.memo_bomb_reported = False
         self.joblib_state: Value | None = None
 
     # helpers -------------------------------------------------------------------------------------------
@@ -602,7 +603,17 @@ class Machine:
         stack = self.stack
         if not stack:
             raise PickleError("stack underflow")
+        if arg > _MEMO_BOMB:
+            self._memo_bomb(arg)
         self.memo[arg] = stack[-1]
+
+    def _memo_bomb(self, key: int) -> None:
+        # CPython's unpickler sizes its memo table to the largest index: a few bytes can demand gigabytes
+        if not self.memo_bomb_reported:
+            self.memo_bomb_reported = True
+            self.report("BASTION-PICKLE-MEMO-BOMB", Severity.MEDIUM,
+                        f"memo index {key:,} makes pickle's loader allocate a table of that many slots "
+                        "(a memory bomb: the load fails or exhausts memory)")
 
     def op_get(self, arg: Any) -> None:
         key = int(arg)
@@ -614,6 +625,8 @@ class Machine:
         key = int(arg)
         if key < 0:
             raise PickleError("negative memo key")
+        if key > _MEMO_BOMB:
+            self._memo_bomb(key)
         self.memo[key] = self.top()
 
     def op_memoize(self, arg: Any) -> None:
@@ -865,6 +878,8 @@ for _code, _name in NAMES.items():
 _STOP = 0x2E
 _FRAME = 0x95
 _BINPUT = 0x71
+#: memo indices above this make CPython's unpickler allocate a table of at least 80 MB (8 bytes a slot)
+_MEMO_BOMB = 10_000_000
 #: per opcode byte: whether it pushes its argument as a constant (played inline by Machine.run)
 _CONSTANTS = [_BY_BYTE[code] is Machine.op_const for code in range(256)]
 

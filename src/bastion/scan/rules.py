@@ -57,6 +57,8 @@ _RULES = [
          "safetensors header is not well formed (size, JSON, dtypes, offsets, shapes)"),
     Rule("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH,
          "archive member is encrypted or uses an unsupported compression, so it could not be scanned"),
+    Rule("BASTION-PICKLE-MEMO-BOMB", Severity.MEDIUM,
+         "pickle memo index so large that the loader's memo table exhausts memory (a pickle bomb)"),
     Rule("BASTION-PICKLE-OUT-OF-BAND", Severity.MEDIUM,
          "pickle refers to out-of-band buffers that ordinary loaders refuse and that live outside the file"),
     Rule("BASTION-PICKLE-ALLOWED-BY-POLICY", Severity.INFO,
