@@ -8,8 +8,6 @@ box-aware step is far stronger than ART's (bench/l1.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -23,14 +21,6 @@ STEPS = 10
 REL_STEP = 0.25
 #: Bastion may trail ART by at most this much robust accuracy
 SLACK = 0.01
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0), ("l1", 2.0)])

@@ -8,7 +8,7 @@ the caller's global torch random stream untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -53,15 +53,6 @@ FACTORIES: dict[str, tuple[Callable[[str], Attack], tuple[str, ...]]] = {
     "TransferAttack": (lambda n: evasion.TransferAttack(_mlp(7), evasion.PGD(n, steps=3)), ("linf", "l2")),
 }
 CASES = [(name, norm) for name, (_, norms) in FACTORIES.items() for norm in norms]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # A 6-feature MLP is overhead-bound; a second thread only adds synchronisation on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ dual norm (L2: ||w||_2, L-inf: ||w||_1, L1: ||w||_inf). The bounds are wide so t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -25,15 +23,6 @@ TOLERANCE = 1.05
 FLOAT_SLACK = 1e-4
 #: points whose minimal distance lies within this fraction of eps are left out of the PGD checks
 BAND = 0.02
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Ops on a few hundred numbers are overhead-bound; a second thread only adds synchronisation.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Linear2(nn.Module):

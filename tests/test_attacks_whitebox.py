@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ import bastion as bn
 from bastion.attacks.evasion import APGD, FAB, FGSM, PGD, CarliniWagnerL2, DeepFool
 
 N = 100  # test digits per check: enough for the margins below, small enough for two shared cores
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # An 8x8 CNN is overhead-bound; a second thread only adds synchronisation on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

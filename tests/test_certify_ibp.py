@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -11,15 +9,6 @@ from torch import nn
 import bastion as bn
 from bastion.certify import IntervalNetwork, ibp_bounds, ibp_certify, ibp_train
 from bastion.errors import InputError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: one thread avoids the synchronisation cost of two on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _bn(layer: nn.BatchNorm1d | nn.BatchNorm2d, gen: torch.Generator) -> nn.Module:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,15 +12,6 @@ from bastion.attacks.evasion.base import FixedEpsilonAttack
 from bastion.defenses import AdversarialBatch, AdversarialTrainer, robust_accuracy, trades_loss
 
 EPS_SMALL, EPS_LARGE = 0.1, 0.2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Small models on a shared machine: one thread avoids oversubscription (and is faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _robust(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,15 +15,6 @@ from bastion.core.threat import get_norm
 EPS = [0.05, 0.1]
 N_EVAL = 80
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models run faster on one thread, and a shared machine is not oversubscribed; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _tiny_suite() -> list[bn.attacks.Attack]:
     # A cheap ensemble for the masking tests: gradient attacks first, then a short black-box run.

@@ -6,25 +6,15 @@ import base64
 import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from torch import nn
 
 import bastion as bn
 from bastion.assess.plots import largest_changes, robustness_curve_svg
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models run faster on one thread, and a shared machine is not oversubscribed; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def image_result(digits_cnn: nn.Module, digits: bn.datasets.Dataset) -> bn.assess.EvaluationResult:
