@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 
-from bastion.scan.engine import Context
+from bastion.scan.engine import Context, scan_weakly_sniffed_stream
 from bastion.scan.findings import Severity
 from bastion.scan.sniff import MODEL_SUFFIXES
 
@@ -481,19 +481,9 @@ def scan_xz(ctx: Context, data: memoryview, inner: str, depth: int, hints: froze
 
 
 def scan_lzma(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
-    # the legacy .lzma format has a 3-byte hint of a header: if it does not decode, treat it as unknown
-    try:
-        out = ctx.inflate(lzma.LZMADecompressor(lzma.FORMAT_ALONE), data, inner)
-    except lzma.LZMAError:
-        from bastion.scan.engine import scan_maybe_pickle
-
-        return scan_maybe_pickle(ctx, data, inner, depth, hints)
-    if out is None:
-        return None
-    if not out.complete:
-        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "lzma stream is truncated; scanned what it held")
-    ctx.scan(out.data, inner, depth + 1, hints)
-    return None
+    # the legacy .lzma format has a 3-byte hint of a header: if it does not decode, probe it as a pickle
+    return scan_weakly_sniffed_stream(ctx, lzma.LZMADecompressor(lzma.FORMAT_ALONE), lzma.LZMAError, "lzma", data,
+                                      inner, depth, hints)
 
 
 def scan_joblib_zf(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:

@@ -225,18 +225,25 @@ def scan_torch_legacy(ctx: Context, data: memoryview, inner: str, depth: int, hi
                  f"legacy PyTorch checkpoint holds {res.pickles} of its 5 pickles; truncated or corrupt")
 
 
-def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
-    # two bytes of zlib header are weak evidence: if it does not inflate, it may be a protocol-0 pickle
+def scan_weakly_sniffed_stream(ctx: Context, decompressor: Any, error: type[Exception], fmt: str, data: memoryview,
+                               inner: str, depth: int, hints: frozenset[str]) -> str | None:
+    """A compressed stream recognised from a few header bytes only: inflate and scan it, or, when it does
+    not decompress, probe it as the pickle its first byte may also be."""
     try:
-        out = ctx.inflate(zlib.decompressobj(), data, inner)
-    except zlib.error:
+        out = ctx.inflate(decompressor, data, inner)
+    except error:
         return scan_maybe_pickle(ctx, data, inner, depth, hints)
     if out is None:
         return None
     if not out.complete:
-        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{fmt} stream is truncated; scanned what it held")
     ctx.scan(out.data, inner, depth + 1, hints)
     return None
+
+
+def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
+    # two bytes of zlib header are weak evidence: if it does not inflate, it may be a protocol-0 pickle
+    return scan_weakly_sniffed_stream(ctx, zlib.decompressobj(), zlib.error, "zlib", data, inner, depth, hints)
 
 
 _HANDLER_CACHE: dict[str, Any] = {}
