@@ -15,7 +15,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.cli.common import EXIT_OK, check_output_file, handle_errors, print_json, progress_bar
+from bastion.cli.common import (
+    EXIT_OK,
+    FACTORY_HELP,
+    check_output_file,
+    handle_errors,
+    print_json,
+    progress_bar,
+)
 from bastion.cli.evaluate_cmd import load_inputs, parse_bounds, parse_eps
 
 ATTACK_HELP = "pgd | fgsm | apgd | apgd-t | fab | cw | deepfool | square | hsj"
@@ -40,8 +47,7 @@ def attack_command(
                                     "(with one epsilon also x = x_adv, so the file can be fed back as --data)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists (never the input files).", metavar=""),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
-                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
+    factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code).", metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Attack only the first N examples."),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # torch loads in seconds; only the command itself pays for it
 from bastion.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    FACTORY_HELP,
     handle_errors,
     parse_floats,
     parse_shape,
@@ -126,8 +127,7 @@ def certify(
     seed: int = typer.Option(0, "--seed", help="Seed for the noise."),
     bounds: str = typer.Option("0,1", "--bounds", help="Input bounds low,high."),
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
-                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
+    factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).", metavar=""),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: the model's device)."),
     min_certified_accuracy: float | None = typer.Option(

@@ -31,6 +31,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the check ran and the model/file failed it
 EXIT_ERROR = 2  # the check could not run: bad file, bad arguments
 
+#: help of every --factory option: the commands load safetensors the same way
+FACTORY_HELP = ("module:Factory building the architecture of a safetensors file, with literal arguments if it "
+                "needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'.")
+
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from bastion.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    FACTORY_HELP,
     check_output_folder,
     handle_errors,
     parse_floats,
@@ -85,8 +86,7 @@ def evaluate_command(
                                                      help="Fail (exit 1) if robust accuracy is below this "
                                                      "fraction at any epsilon."),
     report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here."),
-    factory: str | None = typer.Option(None, "--factory", help="module:Factory building the architecture of a safetensors file, with literal "
-                                       "arguments if it needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'."),
+    factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code).", metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N examples."),
