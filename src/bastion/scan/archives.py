@@ -18,6 +18,7 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from bastion.scan.engine import Context, scan_weakly_sniffed_stream
 from bastion.scan.findings import Severity
@@ -393,10 +394,11 @@ def scan_zip(ctx: Context, view: memoryview, inner: str, depth: int, hints: froz
             # really encrypted (not just a flipped flag bit): whatever it holds could not be read
             ctx.emit("BASTION-ARCHIVE-UNSCANNABLE", Severity.HIGH, where, "",
                      "member is encrypted and its bytes are not a recognisable format; not scanned")
-        if kind == "unknown" and "storage" not in hints_here and _suffix(e.name) in MODEL_SUFFIXES:
+        suffix = PurePosixPath(e.name).suffix.lower() if kind == "unknown" and "storage" not in hints_here else ""
+        if suffix in MODEL_SUFFIXES:
             # a member named like a pickle or model that parses as nothing: a loader may still try it
             ctx.emit("BASTION-UNRECOGNISED", Severity.MEDIUM, where, "",
-                     f"member named like a model file ({_suffix(e.name)}) but its bytes match no model format; "
+                     f"member named like a model file ({suffix}) but its bytes match no model format; "
                      "nothing in it was analysed")
         if kind not in ("unknown", "too-deep") and e.in_directory and (zlib.crc32(body) & 0xFFFFFFFF) != e.crc:
             ctx.emit("BASTION-ZIP-ANOMALY", Severity.MEDIUM, where, "",
@@ -574,7 +576,3 @@ def scan_7z(ctx: Context, data: memoryview, inner: str, depth: int, hints: froze
         ctx.decompressed += len(body)
         ctx.scan(body, ctx.member(inner, name), depth + 1, hints)
 
-
-def _suffix(name: str) -> str:
-    base = name.rsplit("/", 1)[-1]
-    return "." + base.rsplit(".", 1)[-1].lower() if "." in base.strip(".") else ""
