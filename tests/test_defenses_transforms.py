@@ -10,6 +10,7 @@ from sklearn.naive_bayes import GaussianNB
 from torch import nn
 
 import bastion as bn
+from _margins import binomial_margin, paired_margin
 from bastion.defenses import (
     BitDepthReduction,
     DefensiveDistillation,
@@ -23,8 +24,14 @@ from bastion.defenses import (
 )
 
 EPS = 0.1
-#: how far an honest (adaptive) evaluation of a transform may sit above the undefended model
-CLOSE = 0.06
+#: how much of the gap a gradient-free (naive) attack leaves may remain under an honest (adaptive) attack:
+#: BPDA/EOT views are approximations, so they may sit a little above the undefended model, never near naive
+CLOSED_FRACTION = 0.25
+
+
+def _closes_the_gap(adaptive: float, naive: float, baseline: float, n: int) -> bool:
+    """The adaptive attack lands near the undefended model's robust accuracy, far from the naive figure."""
+    return adaptive < baseline + CLOSED_FRACTION * max(naive - baseline, 0.0) + paired_margin(n) / 2
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +46,9 @@ def _attack(view: bn.Model, judge: bn.Model, x: torch.Tensor, y: torch.Tensor, s
     return robust_accuracy(view.scores, x, y, eps=EPS, steps=steps, predict=judge.scores)
 
 
-@pytest.mark.parametrize("make,n", [(lambda m: BitDepthReduction(m, bits=3), 200),
-                                    (lambda m: JPEGCompression(m, quality=75), 80)])
+# Every test digit (450): both transforms take well under a second here, and a larger n narrows the margins.
+@pytest.mark.parametrize("make,n", [(lambda m: BitDepthReduction(m, bits=3), 450),
+                                    (lambda m: JPEGCompression(m, quality=75), 450)])
 def test_bpda_sees_through_a_non_differentiable_squeezer(digits: bn.datasets.Dataset, cnn: nn.Module,
                                                          make: object, n: int) -> None:
     x, y = digits.x_test[:n], digits.y_test[:n]
@@ -54,10 +62,11 @@ def test_bpda_sees_through_a_non_differentiable_squeezer(digits: bn.datasets.Dat
     adaptive = _attack(defended.adaptive(), defended, x, y)
     baseline = _attack(undefended, undefended, x, y)
     # The naive attack gets zero gradients and leaves the defence looking almost perfectly robust ...
-    assert naive > clean - 0.05
+    assert naive > clean - binomial_margin(n)
     assert naive > baseline + 0.3
-    # ... while BPDA brings it back to (about) the undefended model's robust accuracy.
-    assert adaptive < baseline + CLOSE
+    # ... while BPDA brings it back to (about) the undefended model's robust accuracy. Measured on three
+    # training seeds: JPEG's BPDA sits 0.02-0.05 above the undefended model, with a gap of 0.43-0.56 to close.
+    assert _closes_the_gap(adaptive, naive, baseline, n), (adaptive, naive, baseline)
 
 
 def test_straight_through_has_the_transforms_value_and_the_identitys_gradient() -> None:
@@ -89,14 +98,15 @@ def test_transforms_compute_what_they_say() -> None:
 
 def test_eot_averages_logits_over_draws_and_steadies_the_gradient(digits: bn.datasets.Dataset,
                                                                   cnn: nn.Module) -> None:
-    x, y = digits.x_test[:100], digits.y_test[:100]
+    n = 300
+    x, y = digits.x_test[:n], digits.y_test[:n]
     defended = RandomResizePad(cnn, scale=1.15, eot_draws=8)
     assert defended.randomized and any("EOT" in n for n in defended.adaptive_notes)
     # Known answer: with the same random stream, the EOT view's logits are the mean of 8 single draws.
     torch.manual_seed(3)
     eot = defended.adaptive().scores(x)
     torch.manual_seed(3)
-    draws = cnn(defended.transform(x.repeat(8, 1, 1, 1))).reshape(8, 100, 10)
+    draws = cnn(defended.transform(x.repeat(8, 1, 1, 1))).reshape(8, n, 10)
     assert torch.allclose(eot, draws.mean(dim=0), atol=1e-5)
 
     def grad(view: bn.Model) -> torch.Tensor:
@@ -110,7 +120,8 @@ def test_eot_averages_logits_over_draws_and_steadies_the_gradient(digits: bn.dat
     assert averaged > single + 0.1  # two EOT estimates agree far better than two single draws
     undefended = bn.wrap(cnn)
     baseline = _attack(undefended, undefended, x, y)
-    assert _attack(defended.adaptive(), defended, x, y) < baseline + CLOSE
+    # Measured on three training seeds: EOT lands within 0.01 of the undefended model (n = 300).
+    assert _attack(defended.adaptive(), defended, x, y) < baseline + binomial_margin(n)
 
 
 def test_differentiable_transforms_are_their_own_adaptive_view(cnn: nn.Module) -> None:
@@ -138,8 +149,9 @@ def test_distillation_masks_ce_gradients_and_falls_to_a_margin_loss(digits: bn.d
           (("standard", standard), ("distilled", student))}
     margin = {name: robust_accuracy(m, x, y, eps=EPS, steps=20, loss="margin") for name, m in
               (("standard", standard), ("distilled", student))}
+    # Measured on three seeds (n = 450): CE 0.47-0.48 standard vs 0.92 distilled; margin loss 0.48 vs 0.45-0.47.
     assert ce["distilled"] > ce["standard"] + 0.25  # apparent robustness to a cross-entropy attack
-    assert margin["distilled"] < margin["standard"] + CLOSE  # gone on the logits
+    assert margin["distilled"] < margin["standard"] + binomial_margin(len(y)) / 2  # gone on the logits
 
 
 def test_ensemble_averages_logits_and_probabilities(digits: bn.datasets.Dataset) -> None:
@@ -213,7 +225,8 @@ def test_ensemble_of_transforms_is_attacked_through_their_adaptive_views(cnn: nn
 
 def test_evaluate_scores_a_squeezer_honestly_and_the_naive_view_is_fooled(digits: bn.datasets.Dataset,
                                                                          cnn: nn.Module) -> None:
-    x, y = digits.x_test[:100], digits.y_test[:100]
+    n = 300
+    x, y = digits.x_test[:n], digits.y_test[:n]
     defended = BitDepthReduction(cnn, bits=3)
 
     def robust(model: bn.Model | nn.Module) -> float:
@@ -221,5 +234,6 @@ def test_evaluate_scores_a_squeezer_honestly_and_the_naive_view_is_fooled(digits
         return float(res.robust_accuracy[0])
 
     honest, fooled, baseline = robust(defended), robust(defended.naive()), robust(cnn)
+    # Measured on three training seeds (n = 300): fooled 0.95-0.97, honest 0.24-0.36, baseline 0.41-0.51.
     assert fooled > honest + 0.3
-    assert honest < baseline + CLOSE
+    assert honest < baseline + binomial_margin(n) / 2
