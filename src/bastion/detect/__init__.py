@@ -1,0 +1,1 @@
+"""Detectors: inputs, clients and data sets that look like an attack."""
