@@ -7,8 +7,20 @@
   non-differentiable transforms, EOT for randomised ones): :class:`BitDepthReduction`,
   :class:`MedianFilter`, :class:`JPEGCompression`, :class:`SpatialSmoothing`, :class:`RandomResizePad`.
 - :class:`Ensemble` of any adapters, averaging logits or probabilities.
+- Output coarsening (AML.T0024 mitigations): :class:`OutputPolicy`, :func:`apply_output_policy` and the
+  wrappers :class:`TopK`, :class:`Rounded`, :class:`LabelOnly`, :class:`ReverseSigmoid`, :class:`NoisyScores`.
 """
 
+from bastion.defenses.coarsening import (
+    CoarsenedModel,
+    LabelOnly,
+    NoisyScores,
+    OutputPolicy,
+    ReverseSigmoid,
+    Rounded,
+    TopK,
+    apply_output_policy,
+)
 from bastion.defenses.distillation import DefensiveDistillation
 from bastion.defenses.ensemble import Ensemble
 from bastion.defenses.inner import maximize, robust_accuracy
@@ -28,13 +40,21 @@ __all__ = [
     "AdversarialBatch",
     "AdversarialTrainer",
     "BitDepthReduction",
+    "CoarsenedModel",
     "DefensiveDistillation",
     "Ensemble",
     "InputTransform",
     "JPEGCompression",
+    "LabelOnly",
     "MedianFilter",
+    "NoisyScores",
+    "OutputPolicy",
     "RandomResizePad",
+    "ReverseSigmoid",
+    "Rounded",
     "SpatialSmoothing",
+    "TopK",
+    "apply_output_policy",
     "maximize",
     "robust_accuracy",
     "straight_through",

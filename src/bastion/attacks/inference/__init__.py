@@ -1,0 +1,1 @@
+"""Inference attacks on a model's training data: membership, inversion and attribute inference."""
