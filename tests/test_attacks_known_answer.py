@@ -113,10 +113,12 @@ def _box_l1_minimum(w: Tensor, x: Tensor, f: Tensor, lo: float, hi: float) -> Te
 @pytest.mark.parametrize("attack,exact", [
     (PGD("l1", steps=300, random_start=False), True), (APGD("l1", steps=100), True),
     # From a random start, fixed-size steps move the start's mass off the poor coordinates slowly: PGD lands
-    # within 20 % of the minimum in 100 steps (APGD's shrinking steps get it exactly). A step blind to the
-    # box broke none of the points below 0.8 eps.
-    (PGD("l1", steps=100), False),
-], ids=["PGD-l1-exact", "APGD-l1-exact", "PGD-l1"])
+    # within 20 % of the minimum for almost every point in 100 steps, and within a third for all (over 20
+    # attack seeds the worst point left unbroken sat at 0.68 of eps); APGD's shrinking steps get it exactly.
+    # A step blind to the box broke none of the points below 0.8 eps. Several seeds: the random start is
+    # what another machine's floating point changes.
+    *[(PGD("l1", steps=100, seed=seed), False) for seed in range(4)],
+], ids=["PGD-l1-exact", "APGD-l1-exact", *[f"PGD-l1-seed{seed}" for seed in range(4)]])
 def test_l1_attacks_spend_their_budget_where_the_box_lets_them(attack: bn.attacks.evasion.Attack, exact: bool) -> None:
     # Images-like inputs: half the coordinates sit on a bound, where an L1 step that ignores the box is lost.
     g = torch.Generator().manual_seed(3)
@@ -138,9 +140,10 @@ def test_l1_attacks_spend_their_budget_where_the_box_lets_them(attack: bn.attack
     if exact:
         assert torch.equal(success[clear], (dmin < eps)[clear])
     else:
-        easy = dmin < 0.8 * eps
+        easy, easiest = dmin < 0.8 * eps, dmin < 0.6 * eps
         assert int(easy.sum()) >= N_POINTS // 4
-        assert bool(success[easy].all())
+        assert float(success[easy].float().mean()) >= 0.9
+        assert bool(success[easiest].all())
         assert not bool(success[dmin > eps].any())
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bastion as bn
+from _margins import binomial_margin
 from bastion.attacks.evasion.base import FixedEpsilonAttack
 from bastion.defenses import AdversarialBatch, AdversarialTrainer, robust_accuracy, trades_loss
 
@@ -43,11 +44,14 @@ def test_pgd_at_raises_robust_accuracy_at_modest_clean_cost(digits: bn.datasets.
     x, y = digits.x_test, digits.y_test
     robust = pgd_at.model_
     clean_std, clean_rob = robust_accuracy(standard, x, y, eps=0), robust_accuracy(robust, x, y, eps=0)
-    assert clean_std > 0.95
+    # Measured over four seeds (n = 450): clean 0.97-0.98 standard vs 0.90-0.92 robust; PGD at 0.1 0.42-0.51
+    # vs 0.71-0.75; at 0.2 0.00-0.02 vs 0.37-0.41. Gains are asserted several standard errors below those.
+    n, se = len(y), binomial_margin(len(y))
+    assert clean_std > 0.95 - se / 4
     assert clean_rob > clean_std - 0.12
     std_small, rob_small = _robust(standard, x, y, EPS_SMALL), _robust(robust, x, y, EPS_SMALL)
     std_large, rob_large = _robust(standard, x, y, EPS_LARGE), _robust(robust, x, y, EPS_LARGE)
-    assert rob_small > std_small + 0.2
+    assert rob_small > std_small + se, (n, rob_small, std_small)
     assert std_large < 0.1
     assert rob_large > std_large + 0.25
 
@@ -56,8 +60,11 @@ def test_fast_fgsm_rs_raises_robust_accuracy(digits: bn.datasets.Dataset, standa
     trainer = AdversarialTrainer("fgsm-rs", eps=EPS_LARGE, epochs=8, lr=3e-3, batch_size=64).fit(
         _cnn(), digits.x_train, digits.y_train)
     x, y = digits.x_test, digits.y_test
+    # Measured over four seeds (n = 450): clean 0.89-0.94; PGD at 0.1 0.70-0.74 vs the standard model's
+    # 0.42-0.51; at 0.2 0.30-0.34 vs 0.00-0.02.
+    se = binomial_margin(len(y))
     assert robust_accuracy(trainer.model_, x, y, eps=0) > 0.85
-    assert _robust(trainer.model_, x, y, EPS_SMALL) > _robust(standard, x, y, EPS_SMALL) + 0.2
+    assert _robust(trainer.model_, x, y, EPS_SMALL) > _robust(standard, x, y, EPS_SMALL) + se
     assert _robust(trainer.model_, x, y, EPS_LARGE) > _robust(standard, x, y, EPS_LARGE) + 0.2
 
 
@@ -155,14 +162,16 @@ def test_trainer_keeps_the_most_robust_checkpoint(digits: bn.datasets.Dataset) -
 
 
 def test_cyclic_schedule_peaks_then_anneals_and_mixed_precision_trains(digits: bn.datasets.Dataset) -> None:
-    t = _tiny_fit(digits, method="pgd", epochs=5, precision="bf16", schedule="cyclic")
+    # A learning rate and length at which both precisions train clearly: over six seeds the last epoch's
+    # clean validation accuracy (135 examples) was 0.75-0.88 for each, far from chance (0.1) and from 0.5.
+    t = _tiny_fit(digits, method="pgd", epochs=5, lr=1e-2, precision="bf16", schedule="cyclic")
     lrs = [h["lr"] for h in t.history_]
     assert max(lrs) > lrs[-1] and max(lrs) > lrs[0]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in t.history_)
     assert t.history_[-1]["clean_val_acc"] > 0.5
-    t16 = _tiny_fit(digits, method="fgsm-rs", precision="fp16")
-    assert t16.history_[-1]["clean_val_acc"] > 0.3
+    t16 = _tiny_fit(digits, method="fgsm-rs", epochs=5, lr=1e-2, precision="fp16")
+    assert t16.history_[-1]["clean_val_acc"] > 0.5
 
 
 @pytest.mark.parametrize("kw", [{"method": "mart"}, {"val_fraction": 1.0}, {"eps": -0.1}, {"epochs": 0},
