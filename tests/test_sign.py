@@ -116,8 +116,13 @@ def test_manifest_is_sorted_ignores_git_and_binds_names_in_the_root(model: Path)
         for r, n in zip(manifest.resources, ["x", "y", "z"], strict=True)
     ]
     assert root_digest(swapped) != manifest.root_digest
-    assert [r.name for r in build_manifest(model, ignore=["tokenizer", "*.json"]).resources] == [
+    # ignore paths are literal; globs are their own, explicit list
+    assert [r.name for r in build_manifest(model, ignore=["tokenizer"], ignore_globs=["*.json"]).resources] == [
         "weights.bin"
+    ]
+    assert [r.name for r in build_manifest(model, ignore=["tokenizer", "*.json"]).resources] == [
+        "config.json",
+        "weights.bin",
     ]
 
 
@@ -134,7 +139,7 @@ def test_round_trip_verifies_and_writes_a_dsse_envelope(signed: Path, keys: tupl
     assert envelope["payloadType"] == "application/vnd.in-toto+json"
     assert envelope["signatures"][0]["keyid"] == result.key_id
     statement = json.loads(base64.b64decode(envelope["payload"]))
-    assert statement["predicate"]["serialization"]["ignore_paths"] == [".git", "model.sig"]
+    assert statement["predicate"]["serialization"]["ignore_paths"] == [".git", "model.sig", ".model.sig.tmp"]
     weights = next(r for r in statement["predicate"]["resources"] if r["name"] == "weights.bin")
     assert weights["algorithm"] == "sha256-sharded" and len(weights["shards"]) == 5
     assert stat.S_IMODE(os.stat(keys[0]).st_mode) == 0o600
@@ -147,7 +152,7 @@ def test_ignore_patterns_are_signed_and_honoured(
 ) -> None:
     (model / "logs").mkdir()
     (model / "logs" / "train.log").write_text("epoch 1\n")
-    sig = sign_model(model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs", "*.tmp"])
+    sig = sign_model(model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs"], ignore_globs=["*.tmp"])
     (model / "logs" / "train.log").write_text("epoch 2\n")
     (model / "scratch.tmp").write_text("x")
     assert verify_model(model, keys[1], signature=sig).ok
@@ -223,8 +228,9 @@ def test_manifest_edited_inside_the_envelope_is_detected(signed: Path, keys: tup
     _edit_envelope(signed / "model.sig", edit_payload=True)
     result = verify_model(signed, keys[1])
     assert not result.ok and not result.signature_ok
-    assert result.changed == ["config.json"]  # the file whose digest the edit changed
-    assert "altered" in result.reasons[0]
+    # nothing in an unauthenticated payload is trusted, not even to name the file it vouches for
+    assert (result.added, result.missing, result.changed) == ([], [], [])
+    assert "altered" in result.reasons[0] and len(result.reasons) == 1
 
 
 def test_signature_bytes_changed_is_detected(signed: Path, keys: tuple[Path, Path]) -> None:

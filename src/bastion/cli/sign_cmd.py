@@ -1,4 +1,5 @@
-"""`bastion keygen`, `bastion sign` and `bastion verify`: Ed25519-signed manifests of model folders.
+"""`bastion keygen`, `bastion sign` and `bastion verify`: signed manifests of model folders (Ed25519 or
+ECDSA keys, or certificates; Bastion's format or OpenSSF model-signing's).
 
 Exit codes: 0 the model is intact (or the key/signature was written), 1 verification found a difference
 (each added, missing or changed file and each signature problem on its own line), 2 the command could not
@@ -18,6 +19,7 @@ from rich.progress import TaskID
 
 from bastion.cli.common import EXIT_FAILED, EXIT_OK, err_console, handle_errors, print_json, progress_bar
 from bastion.errors import InputError
+from bastion.sign.hashing import shown
 
 #: below this many bytes hashing takes well under a second: a progress bar would only flicker
 PROGRESS_MIN_BYTES = 256 << 20
@@ -77,19 +79,24 @@ def keygen_command(
         help="Encrypt the private key with the password held in this environment variable.",
     ),
     force: bool = typer.Option(False, "--force", help="Replace existing key files.", metavar=""),
+    key_type: str = typer.Option(
+        "ed25519", "--type", help="ed25519, ecdsa-p256, ecdsa-p384 or ecdsa-p521 (model-signing needs ECDSA)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
-    """Create an Ed25519 key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub (PEM public key).
+    """Create a key pair: OUT (PKCS#8 PEM, mode 0600, scrypt-encrypted with --password-env) and OUT.pub.
 
     Examples:
 
       bastion keygen --out keys/release
 
+      bastion keygen --out keys/ec --type ecdsa-p256
+
       BASTION_KEY_PW=... bastion keygen --out keys/release --password-env BASTION_KEY_PW
     """
     from bastion.sign import key_id, keygen, load_public_key
 
-    private_path, public_path = keygen(out, password=_password(password_env), force=force)
+    private_path, public_path = keygen(out, password=_password(password_env), force=force, key_type=key_type)
     kid = key_id(load_public_key(public_path))
     if json_out:
         print_json({"private_key": str(private_path), "public_key": str(public_path), "key_id": kid})
@@ -103,15 +110,35 @@ def keygen_command(
 @handle_errors
 def sign_command(
     model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
-    key: Path = typer.Option(..., "--key", "-k", help="Ed25519 private key from `bastion keygen`."),
+    key: Path = typer.Option(..., "--key", "-k", help="Private key (Ed25519 or ECDSA) from `bastion keygen`."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Signature file (default MODEL_DIR/model.sig)."
+        None,
+        "--output",
+        "-o",
+        help="Signature file (default MODEL_DIR/model.sig). Never a key or a model file; an existing "
+        "signature is replaced, any other existing file only with --force.",
     ),
     ignore: list[str] = typer.Option(
         [],
         "--ignore",
-        help="Glob of paths to leave out (repeatable), e.g. '*.log' or 'checkpoints'; .git always.",
+        help="Path to leave out, taken literally, with everything under it (repeatable); .git always.",
     ),
+    ignore_glob: list[str] = typer.Option(
+        [], "--ignore-glob", help="Glob of paths to leave out (repeatable), e.g. '*.log' (bastion format)."
+    ),
+    sig_format: str = typer.Option(
+        "bastion", "--format", help="bastion, or model-signing (OpenSSF model-signing v1.0, ECDSA keys)."
+    ),
+    certificate: Path | None = typer.Option(
+        None, "--certificate", help="PEM certificate of the key: verifiers then trust a CA, not a key."
+    ),
+    certificate_chain: list[Path] = typer.Option(
+        [], "--certificate-chain", help="PEM intermediate certificates to ship with --certificate."
+    ),
+    insecure_key_permissions: bool = typer.Option(
+        False, "--insecure-key-permissions", help="Use a key file group or others can read.", metavar=""
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing non-signature output.", metavar=""),
     allow_symlinks: bool = typer.Option(
         False, "--allow-symlinks", help="Record symlinks that stay inside the folder (never followed)."
     ),
@@ -130,7 +157,9 @@ def sign_command(
 
       bastion sign my-model/ --key keys/release
 
-      bastion sign my-model/ --key keys/release --output release/my-model.sig --ignore '*.log'
+      bastion sign my-model/ --key keys/release --output release/my-model.sig --ignore-glob '*.log'
+
+      bastion sign my-model/ --key keys/ec --format model-signing
     """
     from bastion.sign.api import sign_model_detailed
 
@@ -141,6 +170,12 @@ def sign_command(
             output=output,
             password=_password(password_env),
             ignore=ignore,
+            ignore_globs=ignore_glob,
+            format=sig_format,
+            certificate=certificate,
+            certificate_chain=certificate_chain,
+            insecure_key_permissions=insecure_key_permissions,
+            force=force,
             shard_size=shard_size,
             allow_symlinks=allow_symlinks,
             workers=workers,
@@ -161,7 +196,8 @@ def sign_command(
         )
     else:
         typer.echo(
-            f"signed {len(manifest.resources)} files ({_size(manifest.total_bytes)}) of {model_dir} -> {signed.path}\n"
+            f"signed {len(manifest.resources)} files ({_size(manifest.total_bytes)}) of {shown(str(model_dir))} "
+            f"-> {shown(str(signed.path))}\n"
             f"root sha256 {manifest.root_digest}, key {signed.key_id}"
         )
     raise typer.Exit(EXIT_OK)
@@ -170,8 +206,11 @@ def sign_command(
 @handle_errors
 def verify_command(
     model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
-    pub: Path = typer.Option(
-        ..., "--pub", "-p", help="Ed25519 public key (the .pub file from `bastion keygen`)."
+    pub: Path | None = typer.Option(
+        None, "--pub", "-p", help="Public key (the .pub file from `bastion keygen`, or model-signing's)."
+    ),
+    ca_bundle: Path | None = typer.Option(
+        None, "--ca-bundle", help="PEM CA certificates to validate a certificate signature's chain against."
     ),
     signature: Path | None = typer.Option(
         None, "--signature", "-s", help="Signature file (default MODEL_DIR/model.sig)."
@@ -186,29 +225,38 @@ def verify_command(
       bastion verify my-model/ --pub keys/release.pub
 
       bastion verify my-model/ --pub keys/release.pub --signature release/my-model.sig --json
+
+      bastion verify my-model/ --ca-bundle ca.pem
     """
     from bastion.sign import verify_model
 
     with _hash_progress(not json_out) as (advance, set_total):
         result = verify_model(
-            model_dir, pub, signature=signature, workers=workers, progress=advance, on_total=set_total
+            model_dir,
+            pub,
+            signature=signature,
+            ca_bundle=ca_bundle,
+            workers=workers,
+            progress=advance,
+            on_total=set_total,
         )
     if json_out:
         print_json(result.to_dict())
     elif result.ok:
         typer.echo(
-            f"verified: {result.files} files ({_size(result.total_bytes)}) of {model_dir} match the signature "
-            f"by key {result.key_id}\nroot sha256 {result.root_digest}"
+            f"verified: {result.files} files ({_size(result.total_bytes)}) of {shown(str(model_dir))} match the "
+            f"{result.format} signature by {'certificate ' + result.signer if result.signer else 'key'} "
+            f"{result.key_id}\nroot sha256 {result.root_digest}"
         )
     else:
         for line in result.reasons:
-            typer.echo(f"{model_dir}: {line}")
+            typer.echo(f"{shown(str(model_dir))}: {line}")
         parts = [
             f"{len(result.changed)} changed",
             f"{len(result.added)} added",
             f"{len(result.missing)} missing",
         ]
         parts.append("signature valid" if result.signature_ok else "signature INVALID")
-        typer.echo(f"FAILED: {model_dir}: {', '.join(parts)}")
+        typer.echo(f"FAILED: {shown(str(model_dir))}: {', '.join(parts)}")
     sys.stdout.flush()
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)

@@ -7,10 +7,13 @@
     result.ok, result.added, result.missing, result.changed  # every difference, by name
 
 The manifest lists each file's SHA-256 (large files as parallel-hashed shards), wrapped as an in-toto
-Statement v1 in a DSSE envelope signed with Ed25519, in the layout of OpenSSF model-signing.
+Statement v1 in a DSSE envelope signed with Ed25519 or ECDSA (P-256/384/521), optionally with a
+certificate chain, in a Sigstore bundle. ``format="model-signing"`` writes OpenSSF model-signing v1.0's
+exact payload; ``verify_model`` reads both formats.
 """
 
 from bastion.sign.api import (
+    FORMATS,
     SIGNATURE_NAME,
     SignResult,
     VerifyResult,
@@ -27,6 +30,7 @@ from bastion.sign.manifest import PREDICATE_TYPE, HashConfig, Manifest, Resource
 __all__ = [
     "DEFAULT_IGNORE",
     "DEFAULT_SHARD_SIZE",
+    "FORMATS",
     "PREDICATE_TYPE",
     "SIGNATURE_NAME",
     "Envelope",

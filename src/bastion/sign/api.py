@@ -3,31 +3,54 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.errors import InputError
+from bastion.sign import modelsigning as ms
 from bastion.sign.dsse import (
     PAYLOAD_TYPE,
-    read_signature_file,
+    Bundle,
+    read_bundle,
     sign_envelope,
+    strict_json,
+    temp_path,
     verify_envelope,
     write_signature_file,
 )
-from bastion.sign.errors import ManifestError, SignatureFormatError
+from bastion.sign.errors import KeyFileError, ManifestError, SignatureFormatError, SigningError
 from bastion.sign.hashing import (
     DEFAULT_IGNORE,
     DEFAULT_SHARD_SIZE,
+    FileEntry,
     ProgressHook,
+    hash_files,
     normalize_patterns,
+    scan_folder,
     shard_ranges,
+    shown,
 )
-from bastion.sign.keys import key_id, load_private_key, load_public_key
-from bastion.sign.manifest import ALG_SYMLINK, HashConfig, Manifest, Resource, check_model_dir, collect
+from bastion.sign.keys import PublicKey, key_id, load_private_key, load_public_key, pem_hint
+from bastion.sign.manifest import (
+    ALG_FILE,
+    ALG_SHARDED,
+    ALG_SYMLINK,
+    PREDICATE_TYPE,
+    HashConfig,
+    Manifest,
+    Resource,
+    _link_digest,
+    check_model_dir,
+    check_signable,
+)
 
 #: written next to the model files unless told otherwise (the name model-signing uses)
 SIGNATURE_NAME = "model.sig"
+#: ``format=`` values: Bastion's manifest, or OpenSSF model-signing v1.0's exact payload
+FORMATS = ("bastion", "model-signing")
 
 
 @dataclass
@@ -35,7 +58,9 @@ class VerifyResult:
     """What :func:`verify_model` found. ``ok`` only when the signature holds and every file matches.
 
     ``added``, ``missing`` and ``changed`` are relative POSIX paths; ``reasons`` has one readable line per
-    problem (each file, the signature, the manifest), in the order a report should show them.
+    problem (each file, the signature, the manifest), in the order a report should show them, with
+    control characters in names escaped. Nothing in the payload is read until the signature holds, so a
+    failed signature comes back with empty file lists.
     """
 
     ok: bool
@@ -49,6 +74,8 @@ class VerifyResult:
     key_id: str = ""
     files: int = 0
     total_bytes: int = 0
+    format: str = ""
+    signer: str = ""  # the certificate's subject, for certificate signatures
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,40 +98,54 @@ class SignResult:
     key_id: str
 
 
-def sign_model(
-    model_dir: str | Path,
-    private_key_path: str | Path,
-    *,
-    output: str | Path | None = None,
-    password: str | bytes | None = None,
-    ignore: Iterable[str] = (),
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    allow_symlinks: bool = False,
-    default_ignore: bool = True,
-    workers: int | None = None,
-    progress: ProgressHook | None = None,
-    on_total: ProgressHook | None = None,
-) -> Path:
-    """Hash ``model_dir``, sign its manifest with the Ed25519 key, and write the signature file.
+def sign_model(model_dir: str | Path, private_key_path: str | Path, **options: Any) -> Path:
+    """Hash ``model_dir``, sign its manifest, and write the signature file; returns its path.
 
-    The signature goes to ``MODEL_DIR/model.sig`` unless ``output`` says otherwise; when it lies inside
-    the folder it is left out of the manifest (and recorded as ignored, so verification skips it too).
-    Returns the signature's path. See :func:`bastion.sign.build_manifest` for the hashing options;
-    ``password`` unlocks an encrypted key.
+    Takes the options of :func:`sign_model_detailed`.
     """
-    return sign_model_detailed(
-        model_dir,
-        private_key_path,
-        output=output,
-        password=password,
-        ignore=ignore,
-        shard_size=shard_size,
-        allow_symlinks=allow_symlinks,
-        default_ignore=default_ignore,
-        workers=workers,
-        progress=progress,
-        on_total=on_total,
-    ).path
+    return sign_model_detailed(model_dir, private_key_path, **options).path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_signature_file(path: Path) -> bool:
+    try:
+        read_bundle(path)
+    except SigningError:
+        return False
+    return True
+
+
+def check_output(
+    sig_path: Path, folder: Path, protected: Iterable[Path], force: bool, rel_sig: str | None
+) -> None:
+    """Refuse to write the signature over an input (key, certificate, a file of the model) or, without
+    ``force``, over an existing file that is not a signature (re-signing in place is a normal workflow,
+    so an existing signature file is replaced)."""
+    if sig_path.is_dir():
+        raise InputError("output", f"{sig_path}, a folder", "the signature file's path")
+    if not sig_path.parent.is_dir():
+        raise InputError("output", str(sig_path), f"a path in an existing folder ({sig_path.parent} does not exist)")
+    for other in protected:
+        if _same_file(sig_path, other):
+            raise InputError("output", str(sig_path), f"a new file, not the input {other} (it would be overwritten)")
+    if not (sig_path.exists() or sig_path.is_symlink()):
+        return
+    if sig_path.is_symlink():
+        raise InputError("output", f"{sig_path}, a symlink", "a regular file or a new path")
+    if _is_signature_file(sig_path):
+        return
+    if rel_sig is not None:
+        raise InputError(
+            "output", f"{sig_path}, a file of the model being signed", "a new path or an existing signature file"
+        )
+    if not force:
+        raise InputError("output", f"{sig_path}, which exists and is not a signature", "a new path, or --force to overwrite it")
 
 
 def sign_model_detailed(
@@ -114,34 +155,89 @@ def sign_model_detailed(
     output: str | Path | None = None,
     password: str | bytes | None = None,
     ignore: Iterable[str] = (),
+    ignore_globs: Iterable[str] = (),
     shard_size: int = DEFAULT_SHARD_SIZE,
     allow_symlinks: bool = False,
     default_ignore: bool = True,
     workers: int | None = None,
     progress: ProgressHook | None = None,
     on_total: ProgressHook | None = None,
+    format: str = "bastion",
+    certificate: str | Path | None = None,
+    certificate_chain: Iterable[str | Path] = (),
+    insecure_key_permissions: bool = False,
+    force: bool = False,
 ) -> SignResult:
-    """:func:`sign_model`, returning the signed manifest and key id as well (for reports and the CLI)."""
+    """Sign ``model_dir`` and return the signature's path, the signed manifest and the key id.
+
+    The signature goes to ``MODEL_DIR/model.sig`` unless ``output`` says otherwise; inside the folder it
+    (and its temp file) is recorded as ignored. ``ignore`` adds literal relative paths, ``ignore_globs``
+    glob patterns (Bastion's format only). ``format="model-signing"`` writes OpenSSF model-signing v1.0's
+    exact payload (ECDSA keys only, as model-signing verifies no other). ``certificate`` (PEM, matching
+    the key) and ``certificate_chain`` (intermediates) put the signer's chain in the bundle for PKI
+    verification. The output never replaces the key, the certificates or a file of the model, and an
+    existing file that is not a signature only with ``force``.
+    """
+    if format not in FORMATS:
+        raise InputError("format", repr(format), f"one of {', '.join(FORMATS)}")
     folder = check_model_dir(model_dir)
-    key = load_private_key(private_key_path, password)  # before hashing: a wrong password fails fast
+    key = load_private_key(private_key_path, password, insecure_permissions=insecure_key_permissions)
     sig_path = Path(output) if output is not None else folder / SIGNATURE_NAME
-    if sig_path.is_dir():
-        raise ManifestError(f"output: {sig_path} is a folder, expected the signature file's path")
-    if not sig_path.parent.is_dir():
-        raise ManifestError(f"output: folder {sig_path.parent} does not exist")
     if shard_size < 1:
         raise ManifestError(f"shard_size: got {shard_size}, expected a positive number of bytes")
-    patterns = [*(DEFAULT_IGNORE if default_ignore else ()), *ignore]
+    chain_paths = [Path(p) for p in certificate_chain]
+    key_path = Path(private_key_path)
+    protected = [key_path, key_path.with_name(key_path.name + ".pub"), *chain_paths]
+    if certificate is not None:
+        protected.append(Path(certificate))
     rel_sig = _inside(sig_path, folder)
-    if rel_sig is not None:
-        patterns.append(rel_sig)
-    config = HashConfig(shard_size, allow_symlinks, normalize_patterns(patterns))
-    manifest, _ = collect(folder, config, workers, progress, on_total, refuse=True)
+    check_output(sig_path, folder, protected, force, rel_sig)
+    globs = normalize_patterns(ignore_globs, "ignore_globs")
+    is_ms = format == "model-signing"
+    if is_ms:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise KeyFileError(
+                f"key: {private_key_path} is Ed25519; model-signing verifies ECDSA keys only "
+                "(make one with `bastion keygen --type ecdsa-p256`)"
+            )
+        if globs:
+            raise InputError("ignore_globs", repr(list(globs)), "none with format model-signing (its ignore paths are literal)")
+    certs: tuple[bytes, ...] = ()
+    if certificate is not None:
+        from bastion.sign.certs import der, load_certificates
+
+        leaf = load_certificates(certificate, "certificate")[0]
+        if leaf.public_key() != key.public_key():
+            raise KeyFileError(f"certificate: {certificate} is for another key than {private_key_path}")
+        certs = (der(leaf), *(der(c) for p in chain_paths for c in load_certificates(p, "certificate_chain")))
+    defaults = (ms.GIT_PATHS if is_ms else DEFAULT_IGNORE) if default_ignore else ()
+    extra = [rel_sig, temp_path(Path(rel_sig)).as_posix()] if rel_sig is not None else []
+    patterns = normalize_patterns([*defaults, *ignore, *extra])
+    config = HashConfig(ms.WHOLE_FILE if is_ms else shard_size, allow_symlinks, patterns, globs,
+                        ms.LAYOUT_FILES if is_ms else "bastion")
+    scan = scan_folder(folder, patterns, allow_symlinks, globs, follow_links=is_ms)
+    check_signable(folder, scan)
+    if on_total is not None:
+        on_total(scan.total_bytes)
+    digests = hash_files(scan.files, config.shard_size, workers, progress)
+    if is_ms:
+        manifest = ms.manifest_from_scan(folder, scan, digests, config)
+        statement = ms.statement(manifest.model_name, digests, config)
+    else:
+        resources = [
+            Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
+            for d in digests
+        ] + [Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target) for lk in scan.links]
+        manifest = Manifest(folder.resolve().name or "model", tuple(sorted(resources, key=lambda r: r.name)), config)
+        statement = manifest.to_statement()
     # compact, key-sorted JSON: the bytes signed are the bytes stored, so no canonical form is needed later
-    payload = json.dumps(manifest.to_statement(), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    envelope = sign_envelope(payload, key)
-    write_signature_file(envelope, sig_path)
-    return SignResult(sig_path, manifest, envelope.signatures[0].keyid)
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    public = key.public_key()
+    envelope = sign_envelope(payload, key, keyid="" if is_ms else None)
+    write_signature_file(envelope, sig_path, key_hint=pem_hint(public) if is_ms else None, certificates=certs)
+    return SignResult(sig_path, manifest, key_id(public))
 
 
 def _describe_change(signed: Resource, now: Resource, shard_size: int) -> str:
@@ -150,8 +246,8 @@ def _describe_change(signed: Resource, now: Resource, shard_size: int) -> str:
             was = "a symlink" if signed.algorithm == ALG_SYMLINK else "a file"
             is_ = "a symlink" if now.algorithm == ALG_SYMLINK else "a file"
             return f"was {was} when signed, is now {is_}"
-        return f"symlink now points to {now.target!r}, signed pointing to {signed.target!r}"
-    if signed.size != now.size:
+        return f"symlink now points to {shown(now.target or '')!r}, signed pointing to {shown(signed.target or '')!r}"
+    if signed.size is not None and signed.size != now.size:
         return f"size {now.size} bytes, signed {signed.size} bytes"
     if signed.shards and now.shards:
         ranges = shard_ranges(signed.size or 0, shard_size)
@@ -160,47 +256,93 @@ def _describe_change(signed: Resource, now: Resource, shard_size: int) -> str:
     return f"content differs (sha256 {now.digest[:16]}…, signed {signed.digest[:16]}…)"
 
 
+def _same(signed: Resource, now: Resource) -> bool:
+    return (
+        signed.algorithm == now.algorithm
+        and signed.digest == now.digest
+        and signed.shards == now.shards
+        and signed.target == now.target
+        and (signed.size is None or signed.size == now.size)
+    )
+
+
+def _signing_key(bundle: Bundle, public_key_path: str | Path | None, ca_bundle: str | Path | None,
+                 result: VerifyResult) -> PublicKey | None:
+    if public_key_path is not None:
+        pub = load_public_key(public_key_path)
+        result.key_id = key_id(pub)
+        return pub
+    if ca_bundle is None:
+        raise InputError("pub", "nothing", "a public key (--pub), or a CA bundle (--ca-bundle) for a certificate signature")
+    if bundle.is_keyless:
+        raise SignatureFormatError(
+            "signature: a keyless Sigstore bundle (transparency-log entries); its trust root is Sigstore's, "
+            "verify it with `model_signing verify sigstore` where the network is reachable"
+        )
+    if not bundle.certificates:
+        raise SignatureFormatError("signature: carries no certificate chain; verify it with --pub")
+    from bastion.sign.certs import load_certificates, verify_chain
+
+    key, subject, problems = verify_chain(bundle.certificates, load_certificates(ca_bundle, "ca_bundle"))
+    result.signer = subject
+    result.reasons += problems
+    if key is not None:
+        result.key_id = pem_hint(key)
+    return key
+
+
 def verify_model(
     model_dir: str | Path,
-    public_key_path: str | Path,
+    public_key_path: str | Path | None = None,
     *,
     signature: str | Path | None = None,
+    ca_bundle: str | Path | None = None,
     workers: int | None = None,
     progress: ProgressHook | None = None,
     on_total: ProgressHook | None = None,
 ) -> VerifyResult:
-    """Check that ``model_dir`` is exactly what the key's owner signed.
+    """Check that ``model_dir`` is exactly what the key's owner (or the certificate's holder) signed.
 
-    Returns a :class:`VerifyResult` naming every added, missing and changed file and any problem with the
-    signature (forged, altered, made by another key). Raises a :class:`~bastion.errors.BastionError`
-    subclass only when the check cannot run: no folder, unreadable key, no or malformed signature file.
-    Files are re-hashed with the configuration recorded in the signed manifest, even when the signature
-    fails, so a report can still say which files differ from what the envelope claims.
+    Give the signer's public key, or a CA bundle for a signature that carries a certificate chain. Reads
+    Bastion's and OpenSSF model-signing's formats. The envelope's signature is checked first; only when
+    it holds is anything in the payload (file list, shard size) trusted and the files re-hashed. A file is
+    hashed only when its size matches a signed size, so a replaced file cannot make the check read more
+    than the signed manifest describes. Raises a :class:`~bastion.errors.BastionError` subclass only
+    when the check cannot run: no folder, unreadable key, no or malformed signature file.
     """
     folder = check_model_dir(model_dir)
-    public_key = load_public_key(public_key_path)
     sig_path = Path(signature) if signature is not None else folder / SIGNATURE_NAME
-    envelope = read_signature_file(sig_path)
-    result = VerifyResult(ok=False, key_id=key_id(public_key))
-
-    result.signature_ok, sig_reasons = verify_envelope(envelope, public_key)
+    bundle = read_bundle(sig_path)
+    envelope = bundle.envelope
+    result = VerifyResult(ok=False)
+    key = _signing_key(bundle, public_key_path, ca_bundle, result)
+    if key is None:
+        return result
+    result.signature_ok, sig_reasons = verify_envelope(envelope, key)
     result.reasons += sig_reasons
-    if envelope.payload_type != PAYLOAD_TYPE:
+    if result.signature_ok and envelope.payload_type != PAYLOAD_TYPE:
         result.signature_ok = False
         result.reasons.append(f"envelope: payload type {envelope.payload_type!r}, expected {PAYLOAD_TYPE!r}")
+    if not result.signature_ok:
+        return result  # nothing in an unauthenticated payload is read, let alone acted on
 
     try:
-        statement = json.loads(envelope.payload.decode("utf-8"))
-        manifest, claimed_root = Manifest.from_statement(statement)
-    except (UnicodeDecodeError, json.JSONDecodeError, ManifestError) as exc:
-        detail = str(exc) if isinstance(exc, ManifestError) else "not UTF-8 JSON"
-        if result.signature_ok:
-            # a valid signature over something unreadable: the signer's tool is broken, not the model
-            raise SignatureFormatError(
-                f"signature file {sig_path}: signed payload is not a model manifest: {detail}"
-            ) from None
-        result.reasons.append(f"manifest: unreadable ({detail}); no file could be checked")
-        return result
+        statement = strict_json(envelope.payload.decode("utf-8"))
+        if not isinstance(statement, dict) or statement.get("_type") != "https://in-toto.io/Statement/v1":
+            raise ManifestError("payload: expected an in-toto Statement v1")
+        ptype = statement.get("predicateType")
+        if ptype == PREDICATE_TYPE:
+            manifest, claimed_root = Manifest.from_statement(statement)
+            result.format = "bastion"
+        elif ptype == ms.PREDICATE_TYPE_MS:
+            manifest, claimed_root = ms.parse(statement)
+            result.format = "model-signing"
+        else:
+            raise ManifestError(f"payload.predicateType: got {ptype!r}, expected {PREDICATE_TYPE!r} or {ms.PREDICATE_TYPE_MS!r}")
+    except (UnicodeDecodeError, json.JSONDecodeError, ManifestError, SignatureFormatError) as exc:
+        detail = str(exc) if isinstance(exc, SigningError) else "not UTF-8 JSON"
+        # a valid signature over something unreadable: the signer's tool is broken, not the model
+        raise SignatureFormatError(f"signature file {sig_path}: signed payload is not a model manifest: {detail}") from None
 
     result.model_name = manifest.model_name
     result.root_digest = manifest.root_digest
@@ -208,19 +350,44 @@ def verify_model(
         result.reasons.append(
             f"manifest: subject digest {claimed_root} does not match its resources ({manifest.root_digest})"
         )
+    _compare(folder, sig_path, manifest, result, workers, progress, on_total)
+    result.ok = result.signature_ok and not result.reasons
+    return result
 
+
+def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyResult, workers: int | None,
+             progress: ProgressHook | None, on_total: ProgressHook | None) -> None:
+    config = manifest.config
     rel_sig = _inside(sig_path, folder)
-    actual, scan = collect(
-        folder, manifest.config, workers, progress, on_total, extra_ignore=[rel_sig] if rel_sig else []
-    )
-    signed, now = manifest.by_name(), actual.by_name()
+    extra = [rel_sig, temp_path(Path(rel_sig)).as_posix()] if rel_sig else []
+    ignore = normalize_patterns([*config.ignore_paths, *extra])
+    scan = scan_folder(folder, ignore, config.allow_symlinks, config.ignore_globs,
+                       follow_links=config.layout != "bastion")
+    signed = manifest.by_name()
     refused = {r.name: r.reason for r in scan.refused}
+    missing_sizes = {r.size for n, r in signed.items() if r.size is not None and n not in {f.name for f in scan.files}}
+    whole_files = config.layout == ms.LAYOUT_FILES
+    to_hash: list[FileEntry] = []
+    now: dict[str, Resource] = {}
+    for f in scan.files:
+        s = signed.get(f.name)
+        fits = (s.size is None or s.size == f.size) if s is not None else (whole_files or f.size in missing_sizes)
+        if fits:
+            to_hash.append(f)
+        else:  # a different size already says "changed"; never hash by a shard size the file does not match
+            now[f.name] = Resource(f.name, ALG_FILE, "0" * 64, size=f.size)
+    if on_total is not None:
+        on_total(sum(f.size for f in to_hash))
+    for d in hash_files(to_hash, config.shard_size, workers, progress):
+        now[d.name] = Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
+    for lk in scan.links:
+        now[lk.name] = Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target)
     result.files = len(signed)
     result.total_bytes = manifest.total_bytes
 
     result.missing = sorted(name for name in signed if name not in now and name not in refused)
     result.added = sorted(name for name in now if name not in signed)
-    result.changed = sorted(name for name in now if name in signed and now[name] != signed[name])
+    result.changed = sorted(name for name in now if name in signed and not _same(signed[name], now[name]))
     for name in refused:
         (result.changed if name in signed else result.added).append(name)
     result.added.sort()
@@ -228,28 +395,17 @@ def verify_model(
 
     # a missing file whose exact content turns up under a new name was most likely renamed
     missing_by_digest = {signed[m].digest: m for m in result.missing if signed[m].algorithm != ALG_SYMLINK}
-    renamed_to = {
-        a: missing_by_digest[now[a].digest]
-        for a in result.added
-        if a in now and now[a].digest in missing_by_digest
-    }
+    renamed_to = {a: missing_by_digest[now[a].digest] for a in result.added if a in now and now[a].digest in missing_by_digest}
     renamed_from = {v: k for k, v in renamed_to.items()}
     for name in result.changed:
-        if name in refused:
-            result.reasons.append(f"changed: {name}: {refused[name]}")
-        else:
-            result.reasons.append(
-                f"changed: {name}: {_describe_change(signed[name], now[name], manifest.config.shard_size)}"
-            )
+        why = refused[name] if name in refused else _describe_change(signed[name], now[name], config.shard_size)
+        result.reasons.append(f"changed: {shown(name)}: {why}")
     for name in result.missing:
-        hint = f" (renamed to {renamed_from[name]}?)" if name in renamed_from else ""
-        result.reasons.append(f"missing: {name}: in the signed manifest, not on disk{hint}")
+        hint = f" (renamed to {shown(renamed_from[name])}?)" if name in renamed_from else ""
+        result.reasons.append(f"missing: {shown(name)}: in the signed manifest, not on disk{hint}")
     for name in result.added:
         if name in refused:
-            result.reasons.append(f"added: {name}: {refused[name]}")
+            result.reasons.append(f"added: {shown(name)}: {refused[name]}")
         else:
-            hint = f" (same content as the signed {renamed_to[name]})" if name in renamed_to else ""
-            result.reasons.append(f"added: {name}: on disk, not in the signed manifest{hint}")
-
-    result.ok = result.signature_ok and not result.reasons
-    return result
+            hint = f" (same content as the signed {shown(renamed_to[name])})" if name in renamed_to else ""
+            result.reasons.append(f"added: {shown(name)}: on disk, not in the signed manifest{hint}")

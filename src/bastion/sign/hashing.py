@@ -9,9 +9,13 @@ A sharded file is recorded as its shard digests plus a combined digest, ``sha256
 the raw 32-byte shard digests in order. Files no larger than one shard are recorded with their plain
 SHA-256, the same value ``sha256sum`` prints.
 
-Nothing here follows a symlink: links are refused, or, when the caller allows it, recorded as links
-(their target inside the folder), never read through. A link that leads out of the folder is always
-refused, so a signature can never vouch for bytes outside the folder it names.
+Nothing here follows a symlink by accident: links are refused, or, when the caller allows it, recorded
+as links (their target inside the folder; model-signing's format hashes the target's content under the
+link's name instead). A link that leads out of the folder, or into a path the signature ignores, is
+always refused, so a signature never vouches for a name whose bytes it does not cover.
+
+Ignore paths are literal relative paths (a path and everything under it), as model-signing treats them;
+glob patterns are a separate, explicit list.
 """
 
 from __future__ import annotations
@@ -88,11 +92,11 @@ class FileDigest:
     shards: tuple[str, ...] = ()  # hex shard digests; empty when the file fits in one shard
 
 
-def normalize_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
-    """Ignore patterns as relative POSIX globs: ``./logs/`` becomes ``logs``; absolute ones are refused."""
+def normalize_patterns(patterns: Iterable[str], what: str = "ignore") -> tuple[str, ...]:
+    """Ignore paths (or globs) relative to the folder, POSIX style: ``./logs/`` becomes ``logs``."""
     out: list[str] = []
     for raw in patterns:
-        pat = raw.replace("\\", "/").strip()
+        pat = str(raw).replace("\\", "/").strip()
         while pat.startswith("./"):
             pat = pat[2:]
         pat = pat.rstrip("/")
@@ -100,27 +104,65 @@ def normalize_patterns(patterns: Iterable[str]) -> tuple[str, ...]:
             continue
         if pat.startswith("/") or ".." in pat.split("/"):
             raise ManifestError(
-                f"ignore: got {raw!r}, expected a path or glob relative to the model folder (no leading / or ..)"
+                f"{what}: got {raw!r}, expected a path relative to the model folder (no leading / or ..)"
             )
         if pat not in out:
             out.append(pat)
     return tuple(out)
 
 
-def is_ignored(name: str, patterns: Sequence[str]) -> bool:
-    """True when ``name`` (relative POSIX path) matches a pattern; fnmatch's ``*`` also crosses ``/``."""
-    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+def is_ignored(name: str, paths: Sequence[str], globs: Sequence[str] = ()) -> bool:
+    """True when ``name`` is one of ``paths`` or lies under one (taken literally: ``model[1].sig`` is that
+    file, ``*.sig`` is a file named ``*.sig``), or matches one of the explicit ``globs``."""
+    for p in paths:
+        if name == p or name.startswith(p + "/"):
+            return True
+    return any(fnmatch.fnmatchcase(name, pat) for pat in globs)
 
 
-def scan_folder(root: Path, ignore: Sequence[str], allow_symlinks: bool) -> FolderScan:
+def shown(name: str) -> str:
+    """``name`` safe to print on a terminal: control characters, bidi overrides and bytes that are not
+    UTF-8 are written as escapes, so a file name cannot move the cursor, recolour or fake a line."""
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0 or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+            out.append(ch.encode("unicode_escape").decode("ascii") if code < 0x100 else f"\\u{code:04x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def scan_folder(
+    root: Path,
+    ignore: Sequence[str],
+    allow_symlinks: bool,
+    globs: Sequence[str] = (),
+    follow_links: bool = False,
+) -> FolderScan:
     """List the regular files and (allowed) links under ``root``, sorted by name, without following links.
 
     Ignored directories are pruned, not entered. Everything that cannot be hashed safely (links when not
-    allowed, links leaving the folder, sockets, FIFOs, devices) is returned in ``refused`` rather than
-    raised, so that a verifier can report it as a finding and a signer can refuse to sign.
+    allowed, links leaving the folder or into an ignored path, names that are not UTF-8, sockets, FIFOs,
+    devices) is returned in ``refused`` rather than raised, so that a verifier can report it as a finding
+    and a signer can refuse to sign. With ``follow_links`` (model-signing's serialization) an allowed link
+    to a file is listed as a file under the link's name, read from its target.
     """
     root_real = Path(os.path.realpath(root))
     scan = FolderScan()
+    ignored: list[str] = []
     stack: list[tuple[Path, str]] = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
@@ -131,10 +173,13 @@ def scan_folder(root: Path, ignore: Sequence[str], allow_symlinks: bool) -> Fold
             continue
         for entry in entries:
             name = prefix + entry.name
-            if is_ignored(name, ignore):
+            if is_ignored(name, ignore, globs):
+                ignored.append(name)
                 continue
-            if entry.is_symlink():
-                _scan_link(Path(entry.path), name, root_real, allow_symlinks, scan)
+            if not _utf8(entry.name):
+                scan.refused.append(Refusal(name, "file name is not valid UTF-8; rename it to sign the folder"))
+            elif entry.is_symlink():
+                scan_link(Path(entry.path), name, root_real, allow_symlinks, scan)
             elif entry.is_dir(follow_symlinks=False):
                 stack.append((Path(entry.path), name + "/"))
             elif entry.is_file(follow_symlinks=False):
@@ -145,13 +190,31 @@ def scan_folder(root: Path, ignore: Sequence[str], allow_symlinks: bool) -> Fold
                 scan.refused.append(
                     Refusal(name, "not a regular file, folder or symlink (socket, FIFO or device)")
                 )
+    # a loader reads through a link: one into an ignored path would load bytes no signature covers
+    kept: list[LinkEntry] = []
+    for link in scan.links:
+        if is_ignored(link.target, ignore, globs) or any(n.startswith(link.target + "/") for n in ignored):
+            scan.refused.append(
+                Refusal(link.name, f"symlink to {link.target!r} leads into an ignored path, which is not signed")
+            )
+        elif follow_links:
+            target = root_real / link.target
+            if not target.is_file():
+                scan.refused.append(
+                    Refusal(link.name, f"symlink to folder {link.target!r}; model-signing format follows file links only")
+                )
+            else:
+                scan.files.append(FileEntry(link.name, target, target.stat().st_size))
+        else:
+            kept.append(link)
+    scan.links = kept
     scan.files.sort(key=lambda f: f.name)
     scan.links.sort(key=lambda link: link.name)
     scan.refused.sort(key=lambda r: r.name)
     return scan
 
 
-def _scan_link(path: Path, name: str, root_real: Path, allow_symlinks: bool, scan: FolderScan) -> None:
+def scan_link(path: Path, name: str, root_real: Path, allow_symlinks: bool, scan: FolderScan) -> None:
     target_text = os.readlink(path)
     resolved = Path(os.path.realpath(path))
     try:
@@ -165,6 +228,9 @@ def _scan_link(path: Path, name: str, root_real: Path, allow_symlinks: bool, sca
                 name, f"symlink to {target_text!r}; symlinks are refused unless allowed (--allow-symlinks)"
             )
         )
+        return
+    if not resolved.exists():
+        scan.refused.append(Refusal(name, f"symlink to {target_text!r} is broken (its target does not exist)"))
         return
     scan.links.append(LinkEntry(name, inside))
 

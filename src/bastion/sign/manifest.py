@@ -41,6 +41,7 @@ from bastion.sign.hashing import (
     normalize_patterns,
     scan_folder,
     shard_ranges,
+    shown,
 )
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -61,16 +62,22 @@ class HashConfig:
 
     shard_size: int = DEFAULT_SHARD_SIZE
     allow_symlinks: bool = False
-    ignore_paths: tuple[str, ...] = DEFAULT_IGNORE
+    ignore_paths: tuple[str, ...] = DEFAULT_IGNORE  # literal relative paths
+    ignore_globs: tuple[str, ...] = ()  # explicit glob patterns (Bastion's format only)
+    #: ``bastion``, or how a model-signing payload was serialised (see bastion.sign.modelsigning)
+    layout: str = "bastion"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "method": SERIALIZATION_METHOD,
             "hash_type": HASH_TYPE,
             "shard_size": self.shard_size,
             "allow_symlinks": self.allow_symlinks,
             "ignore_paths": list(self.ignore_paths),
         }
+        if self.ignore_globs:
+            out["ignore_globs"] = list(self.ignore_globs)
+        return out
 
     @classmethod
     def from_json(cls, obj: Any) -> HashConfig:
@@ -92,9 +99,11 @@ class HashConfig:
             raise ManifestError(
                 f"predicate.serialization.allow_symlinks: got {allow!r}, expected true or false"
             )
-        if not isinstance(ignore, list) or not all(isinstance(p, str) for p in ignore):
-            raise ManifestError("predicate.serialization.ignore_paths: expected a list of strings")
-        return cls(shard_size, allow, normalize_patterns(ignore))
+        globs = obj.get("ignore_globs", [])
+        for key, value in (("ignore_paths", ignore), ("ignore_globs", globs)):
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise ManifestError(f"predicate.serialization.{key}: expected a list of strings")
+        return cls(shard_size, allow, normalize_patterns(ignore), normalize_patterns(globs, "ignore_globs"))
 
 
 @dataclass(frozen=True)
@@ -178,10 +187,12 @@ class Manifest:
     model_name: str
     resources: tuple[Resource, ...]
     config: HashConfig
+    #: the root of a model-signing payload, computed by its own rule (empty for Bastion's format)
+    declared_root: str = ""
 
     @property
     def root_digest(self) -> str:
-        return root_digest(self.resources)
+        return self.declared_root or root_digest(self.resources)
 
     @property
     def total_bytes(self) -> int:
@@ -263,10 +274,9 @@ def collect(
     ``extra_ignore`` adds patterns that are skipped without being recorded (the signature file itself).
     """
     ignore = normalize_patterns([*config.ignore_paths, *extra_ignore])
-    scan = scan_folder(model_dir, ignore, config.allow_symlinks)
-    if refuse and scan.refused:
-        lines = "; ".join(f"{r.name}: {r.reason}" for r in scan.refused)
-        raise ManifestError(f"cannot sign {model_dir}: {lines}")
+    scan = scan_folder(model_dir, ignore, config.allow_symlinks, config.ignore_globs)
+    if refuse:
+        check_signable(model_dir, scan)
     if on_total is not None:
         on_total(scan.total_bytes)
     digests = hash_files(scan.files, config.shard_size, workers, progress)
@@ -282,6 +292,17 @@ def collect(
     return Manifest(model_name, tuple(resources), config), scan
 
 
+def check_signable(model_dir: Path, scan: FolderScan) -> None:
+    """Raise :class:`ManifestError` when the folder holds something unsignable, or nothing at all."""
+    if scan.refused:
+        lines = "; ".join(f"{shown(r.name)}: {r.reason}" for r in scan.refused)
+        raise ManifestError(f"cannot sign {shown(str(model_dir))}: {lines}")
+    if not scan.files and not scan.links:
+        raise ManifestError(
+            f"model_dir: {shown(str(model_dir))} has no files to sign (empty, or everything in it is ignored)"
+        )
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
     path = Path(model_dir)
     if not path.exists():
@@ -295,6 +316,7 @@ def build_manifest(
     model_dir: str | Path,
     *,
     ignore: Iterable[str] = (),
+    ignore_globs: Iterable[str] = (),
     shard_size: int = DEFAULT_SHARD_SIZE,
     allow_symlinks: bool = False,
     default_ignore: bool = True,
@@ -304,7 +326,8 @@ def build_manifest(
 ) -> Manifest:
     """Hash every file of ``model_dir`` into a :class:`Manifest` (sorted relative POSIX names).
 
-    ``ignore`` adds glob patterns (``*.log``, ``checkpoints``) to the default ``.git``; pass
+    ``ignore`` adds literal relative paths (``checkpoints``, ``notes/todo.txt``: the path and everything
+    under it) to the default ``.git``, ``ignore_globs`` glob patterns (``*.log``); pass
     ``default_ignore=False`` to hash ``.git`` too. Files above ``shard_size`` bytes are hashed as shards
     in parallel. Symlinks are refused unless ``allow_symlinks`` (then recorded, never followed); a link
     out of the folder, a socket or a device file always raises :class:`ManifestError`.
@@ -313,6 +336,6 @@ def build_manifest(
     if shard_size < 1:
         raise ManifestError(f"shard_size: got {shard_size}, expected a positive number of bytes")
     patterns = normalize_patterns([*(DEFAULT_IGNORE if default_ignore else ()), *ignore])
-    config = HashConfig(shard_size, allow_symlinks, patterns)
+    config = HashConfig(shard_size, allow_symlinks, patterns, normalize_patterns(ignore_globs, "ignore_globs"))
     manifest, _ = collect(path, config, workers, progress, on_total, refuse=True)
     return manifest
