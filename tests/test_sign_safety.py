@@ -140,8 +140,17 @@ def test_leftover_temp_file_is_not_content_and_write_is_fsynced(
     (model / ".model.sig.tmp").write_text("half a signature from a crash")
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"), real_replace(a, b))[1])
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(f"replace {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     sign_model(model, keys[0])
     assert events[:2] == ["fsync", "replace model.sig"]  # the data reaches the disk before the rename
     monkeypatch.undo()
