@@ -11,6 +11,7 @@ from bastion.cli import (
     demo_cmd,
     evaluate_cmd,
     harden_cmd,
+    monitor_cmd,
     scan_cmd,
     sign_cmd,
 )
@@ -27,7 +28,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (attack_cmd, evaluate_cmd, demo_cmd, scan_cmd, convert_cmd, sign_cmd, harden_cmd, certify_cmd):
+# One command group per capability, in the order `bastion --help` lists them.
+COMMAND_MODULES = (
+    attack_cmd,
+    evaluate_cmd,
+    demo_cmd,
+    scan_cmd,
+    convert_cmd,
+    sign_cmd,
+    harden_cmd,
+    certify_cmd,
+    monitor_cmd,
+)
+for module in COMMAND_MODULES:
     module.register(app)
 
 

@@ -1,0 +1,129 @@
+"""`bastion monitor`: fit a traffic baseline on clean data, then check batches of traffic against it.
+
+The same monitors the gateway will run on live traffic, offline: drift of the inputs (Kolmogorov-Smirnov per
+feature), of the model's outputs (MMD), of the predicted-class mix (chi-square), a confidence drop, and a
+rise of inputs near the decision boundary (evasion and probing campaigns). Exit codes: 0 no window drifted,
+1 at least one did, 2 bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    FACTORY_HELP,
+    check_output_file,
+    err_console,
+    handle_errors,
+    print_json,
+)
+from bastion.errors import InputError
+
+monitor_app = typer.Typer(
+    name="monitor",
+    help=(
+        "Watch a model's traffic for drift and attack: fit a baseline on clean data, check batches against it.\n\n"
+        "Example:\n\n"
+        "  bastion monitor fit --model bastion-demo/model.pt --reference bastion-demo/train.npz "
+        "--out baseline.npz\n\n"
+        "  bastion monitor check --model bastion-demo/model.pt --baseline baseline.npz "
+        "--data bastion-demo/test.npz --window 100\n\n"
+        "Exit codes: 0 no window drifted, 1 a window drifted, 2 the check could not run."
+    ),
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bastion monitor`` to the app."""
+    app.add_typer(monitor_app)
+
+
+def _load(model: Path, data: Path, factory: str | None, trust_pickle: bool, argument: str) -> tuple[Any, Any]:
+    from bastion.core.loading import load_model
+    from bastion.datasets import load_data
+
+    m = load_model(model, factory=factory, trust_pickle=trust_pickle)
+    x, _ = load_data(data, label_column=None)
+    if len(x) == 0:
+        raise InputError(argument, f"{data} with no examples", "a data file with examples")
+    return m, x
+
+
+@monitor_app.command("fit")
+@handle_errors
+def fit_command(
+    model: Path = typer.Option(..., "--model", "-m", help="Model file (TorchScript, ONNX, skops, safetensors)."),
+    reference: Path = typer.Option(..., "--reference", "-r", help="Clean reference data (.npz/.npy/.csv/images); "
+                                   "labels are not needed. Use data the model did not train on if you can."),
+    out: Path = typer.Option(..., "--out", "-o", help="Baseline file to write (.npz, no pickles)."),
+    alpha: float = typer.Option(0.01, "--alpha", help="False-alarm rate per window for all monitors together."),
+    factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).",
+                                      metavar=""),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file.", metavar=""),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
+) -> None:
+    """Fit a baseline: the reference distribution of the model's inputs, outputs, confidence and margins."""
+    from bastion.monitor import Baseline
+
+    check_output_file(out, "--out", force=force, inputs=(model, reference))
+    m, x = _load(model, reference, factory, trust_pickle, "--reference")
+    base = Baseline(alpha=alpha).fit_model(m, x)
+    base.save(out)
+    summary = {"baseline": str(out), "reference_examples": len(x), "alpha": alpha, "monitors": list(base.monitors)}
+    if json_out:
+        print_json(summary)
+    else:
+        err_console.print(f"baseline of {len(x)} examples written to {out} (false-alarm rate per window <= {alpha})",
+                          highlight=False, soft_wrap=True, markup=False)
+
+
+@monitor_app.command("check")
+@handle_errors
+def check_command(
+    model: Path = typer.Option(..., "--model", "-m", help="The model the baseline was fitted for."),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="Baseline written by `bastion monitor fit`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Traffic to check, in arrival order."),
+    window: int = typer.Option(200, "--window", "-w", help="Requests per window (at least 20); a last window "
+                               "shorter than this is not checked."),
+    factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).",
+                                      metavar=""),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
+) -> None:
+    """Check traffic window by window; exit 1 when any window drifted, naming the monitors that fired."""
+    from bastion.monitor import Baseline, StreamMonitor, model_probabilities
+
+    if window < 20:
+        raise InputError("--window", window, "at least 20 requests per window")
+    base = Baseline.load(baseline)
+    m, x = _load(model, data, factory, trust_pickle, "--data")
+    width = base.reference_inputs_.shape[1]
+    if x[0].numel() != width:
+        raise InputError("--data", f"examples of {x[0].numel()} values", f"{width} values, as in the baseline")
+    stream = StreamMonitor(base, window=window)
+    reports = []
+    for i in range(0, len(x) - window + 1, window):
+        chunk = x[i:i + window]
+        r = stream.update(chunk.reshape(len(chunk), -1).numpy(), model_probabilities(m, chunk))
+        if r is not None:
+            reports.append(r)
+    if not reports:
+        raise InputError("--data", f"{len(x)} examples", f"at least one full window of {window} (or lower --window)")
+    drifted = [i for i, r in enumerate(reports) if r.drift]
+    if json_out:
+        print_json({"windows": len(reports), "drifted": drifted, "window": window,
+                    "reports": [r.to_dict() for r in reports]})
+    else:
+        for i, r in enumerate(reports):
+            mark = "DRIFT" if r.drift else "ok   "
+            detail = ", ".join(f"{res.monitor} p={res.p_value:.2g}" for res in r.results if res.drift)
+            typer.echo(f"window {i} (requests {i * window}-{(i + 1) * window - 1}): {mark} {detail}".rstrip())
+        typer.echo(f"{len(drifted)} of {len(reports)} windows drifted (false-alarm rate per window <= {base.alpha})")
+    raise typer.Exit(EXIT_FAILED if drifted else EXIT_OK)
