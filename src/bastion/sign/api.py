@@ -383,7 +383,10 @@ def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyRes
     for lk in scan.links:
         now[lk.name] = Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target)
     result.files = len(signed)
-    result.total_bytes = manifest.total_bytes
+    # model-signing's files layout records no sizes: count the bytes of the signed files found
+    result.total_bytes = sum(
+        (r.size if r.size is not None else (now[n].size or 0) if n in now else 0) for n, r in signed.items()
+    )
 
     result.missing = sorted(name for name in signed if name not in now and name not in refused)
     result.added = sorted(name for name in now if name not in signed)
