@@ -6,7 +6,9 @@ directions, plus tampering that both must catch.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from model_signing import hashing as ms_hashing
 
-from bastion.sign import keygen, sign_model, verify_model
+from bastion.sign import SignatureFormatError, keygen, sign_model, verify_model
 
 
 @pytest.fixture()
@@ -150,3 +152,31 @@ def test_certificate_signatures_both_ways(model: Path, tmp_path: Path) -> None:
     native = sign_model(model, key, certificate=leaf, output=tmp_path / "native.sig")
     assert verify_model(model, signature=native, ca_bundle=ca).ok
     assert not verify_model(model, signature=native, ca_bundle=other_ca).ok
+
+
+def test_shards_layout_both_ways_with_an_empty_file(model: Path, tmp_path: Path) -> None:
+    (model / "sub" / "__init__.py").write_bytes(b"")  # no shard, so no entry, in this layout (both tools)
+    private, public = keygen(tmp_path / "ec", key_type="ecdsa-p256")
+    sig = sign_model(model, private, format="model-signing", shard_size=4096, output=tmp_path / "s.sig")
+    statement = json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))
+    names = [r["name"] for r in statement["predicate"]["resources"]]
+    assert names == ["config.json:0:16", "sub/weights.bin:0:4096", "sub/weights.bin:4096:8192",
+                     "sub/weights.bin:8192:10240"]
+    assert statement["predicate"]["serialization"]["shard_size"] == 4096
+    _ms_verify_key(model, sig, public)
+    assert verify_model(model, public, signature=sig).ok
+    (model / "sub" / "weights.bin").write_bytes(b"\0" * 10240)
+    with pytest.raises(ValueError, match="weights"):
+        _ms_verify_key(model, sig, public)
+    assert verify_model(model, public, signature=sig).changed == ["sub/weights.bin"]
+
+
+def test_keyless_sigstore_bundles_are_named_not_misverified(model: Path, tmp_path: Path) -> None:
+    private, public = keygen(tmp_path / "ec", key_type="ecdsa-p256")
+    sig = sign_model(model, private, format="model-signing")
+    bundle = json.loads(sig.read_text())
+    # the shape of a keyless bundle: a Fulcio certificate and a transparency-log entry
+    bundle["verificationMaterial"] = {"certificate": {"rawBytes": "AA=="}, "tlogEntries": [{"logIndex": "1"}]}
+    sig.write_text(json.dumps(bundle))
+    with pytest.raises(SignatureFormatError, match=r"keyless Sigstore bundle.*model_signing verify sigstore"):
+        verify_model(model, public)

@@ -140,10 +140,14 @@ def sign_command(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing non-signature output.", metavar=""),
     allow_symlinks: bool = typer.Option(
-        False, "--allow-symlinks", help="Record symlinks that stay inside the folder (never followed)."
+        False, "--allow-symlinks", help="Allow symlinks that stay inside the folder and out of ignored paths (recorded as links; "
+        "model-signing format hashes their target).",
     ),
-    shard_size: int = typer.Option(
-        1 << 30, "--shard-size", help="Files larger than this many bytes are hashed as parallel shards."
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        help="Files larger than this many bytes are hashed as parallel shards (default 1 GiB; with "
+        "--format model-signing, selects its 'shards' layout instead of whole files).",
     ),
     workers: int | None = typer.Option(None, "--workers", help="Hashing threads (default: cores + 4)."),
     password_env: str | None = typer.Option(

@@ -156,7 +156,7 @@ def sign_model_detailed(
     password: str | bytes | None = None,
     ignore: Iterable[str] = (),
     ignore_globs: Iterable[str] = (),
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
     allow_symlinks: bool = False,
     default_ignore: bool = True,
     workers: int | None = None,
@@ -173,7 +173,8 @@ def sign_model_detailed(
     The signature goes to ``MODEL_DIR/model.sig`` unless ``output`` says otherwise; inside the folder it
     (and its temp file) is recorded as ignored. ``ignore`` adds literal relative paths, ``ignore_globs``
     glob patterns (Bastion's format only). ``format="model-signing"`` writes OpenSSF model-signing v1.0's
-    exact payload (ECDSA keys only, as model-signing verifies no other). ``certificate`` (PEM, matching
+    exact payload (ECDSA keys only, as model-signing verifies no other): its ``files`` layout, or its
+    ``shards`` layout when ``shard_size`` is given (Bastion's format shards at 1 GiB unless told). ``certificate`` (PEM, matching
     the key) and ``certificate_chain`` (intermediates) put the signer's chain in the bundle for PKI
     verification. The output never replaces the key, the certificates or a file of the model, and an
     existing file that is not a signature only with ``force``.
@@ -183,7 +184,7 @@ def sign_model_detailed(
     folder = check_model_dir(model_dir)
     key = load_private_key(private_key_path, password, insecure_permissions=insecure_key_permissions)
     sig_path = Path(output) if output is not None else folder / SIGNATURE_NAME
-    if shard_size < 1:
+    if shard_size is not None and shard_size < 1:
         raise ManifestError(f"shard_size: got {shard_size}, expected a positive number of bytes")
     chain_paths = [Path(p) for p in certificate_chain]
     key_path = Path(private_key_path)
@@ -215,15 +216,18 @@ def sign_model_detailed(
     defaults = (ms.GIT_PATHS if is_ms else DEFAULT_IGNORE) if default_ignore else ()
     extra = [rel_sig, temp_path(Path(rel_sig)).as_posix()] if rel_sig is not None else []
     patterns = normalize_patterns([*defaults, *ignore, *extra])
-    config = HashConfig(ms.WHOLE_FILE if is_ms else shard_size, allow_symlinks, patterns, globs,
-                        ms.LAYOUT_FILES if is_ms else "bastion")
+    if is_ms:
+        layout = ms.LAYOUT_FILES if shard_size is None else ms.LAYOUT_SHARDS
+        config = HashConfig(shard_size or ms.WHOLE_FILE, allow_symlinks, patterns, globs, layout)
+    else:
+        config = HashConfig(shard_size or DEFAULT_SHARD_SIZE, allow_symlinks, patterns, globs)
     scan = scan_folder(folder, patterns, allow_symlinks, globs, follow_links=is_ms)
     check_signable(folder, scan)
     if on_total is not None:
         on_total(scan.total_bytes)
     digests = hash_files(scan.files, config.shard_size, workers, progress)
     if is_ms:
-        manifest = ms.manifest_from_scan(folder, scan, digests, config)
+        manifest = ms.manifest_from_scan(folder, digests, config)
         statement = ms.statement(manifest.model_name, digests, config)
     else:
         resources = [
@@ -274,11 +278,6 @@ def _signing_key(bundle: Bundle, public_key_path: str | Path | None, ca_bundle: 
         return pub
     if ca_bundle is None:
         raise InputError("pub", "nothing", "a public key (--pub), or a CA bundle (--ca-bundle) for a certificate signature")
-    if bundle.is_keyless:
-        raise SignatureFormatError(
-            "signature: a keyless Sigstore bundle (transparency-log entries); its trust root is Sigstore's, "
-            "verify it with `model_signing verify sigstore` where the network is reachable"
-        )
     if not bundle.certificates:
         raise SignatureFormatError("signature: carries no certificate chain; verify it with --pub")
     from bastion.sign.certs import load_certificates, verify_chain
@@ -315,6 +314,12 @@ def verify_model(
     bundle = read_bundle(sig_path)
     envelope = bundle.envelope
     result = VerifyResult(ok=False)
+    if bundle.is_keyless:
+        raise SignatureFormatError(
+            f"signature: {sig_path} is a keyless Sigstore bundle (certificate from Sigstore's CA, "
+            "transparency-log entry); verify it with `model_signing verify sigstore --identity ... "
+            "--identity_provider ...` where Sigstore's trust root can be fetched"
+        )
     key = _signing_key(bundle, public_key_path, ca_bundle, result)
     if key is None:
         return result
@@ -370,6 +375,8 @@ def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyRes
     to_hash: list[FileEntry] = []
     now: dict[str, Resource] = {}
     for f in scan.files:
+        if f.size == 0 and config.layout == ms.LAYOUT_SHARDS and f.name not in signed:
+            continue  # that layout has no entry for an empty file (see bastion.sign.modelsigning)
         s = signed.get(f.name)
         fits = (s.size is None or s.size == f.size) if s is not None else (whole_files or f.size in missing_sizes)
         if fits:

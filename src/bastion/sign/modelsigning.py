@@ -5,7 +5,9 @@ Its ``resources`` are ``{name, algorithm, digest}``: one per file (``method: fil
 whole file) or one per shard (``method: shards``, named ``path:start:end`` with algorithm
 ``sha256-sharded-<shard size>``). The subject's root digest is SHA-256 over the raw resource digests in
 the order listed, with the list sorted by path components (then shard offsets). Ignore paths are literal,
-and symlinks, when allowed, are read through: the manifest vouches for the bytes a loader gets.
+and symlinks, when allowed, are read through: the manifest vouches for the bytes a loader gets. In the
+``shards`` layout an empty file has no shard and so no entry: model-signing neither records nor checks
+it, and Bastion, reading or writing that layout, does the same.
 
 Here such a payload becomes a :class:`~bastion.sign.manifest.Manifest` whose resources are whole files
 (a file's shards folded into one sharded resource), so one comparison names added, missing and changed
@@ -22,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bastion.sign.errors import ManifestError
-from bastion.sign.hashing import FileDigest, FolderScan
+from bastion.sign.hashing import FileDigest, shard_ranges
 from bastion.sign.manifest import ALG_FILE, ALG_SHARDED, STATEMENT_TYPE, HashConfig, Manifest, Resource
 
 PREDICATE_TYPE_MS = "https://model_signing/signature/v1.0"
@@ -39,15 +41,31 @@ def _order(name: str) -> tuple[str, ...]:
     return PurePosixPath(name).parts
 
 
+def _resources(digests: list[FileDigest], config: HashConfig) -> list[tuple[tuple[Any, ...], str, str, str]]:
+    """(sort key, name, algorithm, hex digest) of each resource model-signing would list."""
+    out: list[tuple[tuple[Any, ...], str, str, str]] = []
+    if config.layout == LAYOUT_FILES:
+        for d in digests:
+            out.append(((_order(d.name),), d.name, "sha256", d.digest))
+        return sorted(out)
+    algorithm = f"sha256-sharded-{config.shard_size}"
+    for d in digests:
+        # model-signing lists no shard for an empty file: it is invisible in this layout
+        ranges = shard_ranges(d.size, config.shard_size) if d.size else []
+        parts = d.shards or ((d.digest,) if ranges else ())
+        for (start, end), digest in zip(ranges, parts, strict=True):
+            out.append(((_order(d.name), start, end), f"{d.name}:{start}:{end}", algorithm, digest))
+    return sorted(out)
+
+
 def statement(model_name: str, digests: list[FileDigest], config: HashConfig) -> dict[str, Any]:
-    """The Statement model-signing would write for these whole-file digests (``method: files``)."""
-    ordered = sorted(digests, key=lambda d: _order(d.name))
-    root = hashlib.sha256(b"".join(bytes.fromhex(d.digest) for d in ordered)).hexdigest()
-    serialization: dict[str, Any] = {
-        "method": "files",
-        "hash_type": "sha256",
-        "allow_symlinks": config.allow_symlinks,
-    }
+    """The Statement model-signing writes for these digests (``files``, or ``shards`` when so configured)."""
+    resources = _resources(digests, config)
+    root = hashlib.sha256(b"".join(bytes.fromhex(r[3]) for r in resources)).hexdigest()
+    serialization: dict[str, Any] = {"method": "files", "hash_type": "sha256", "allow_symlinks": config.allow_symlinks}
+    if config.layout == LAYOUT_SHARDS:
+        serialization["method"] = "shards"
+        serialization["shard_size"] = config.shard_size
     if config.ignore_paths:
         serialization["ignore_paths"] = list(config.ignore_paths)
     return {
@@ -56,15 +74,23 @@ def statement(model_name: str, digests: list[FileDigest], config: HashConfig) ->
         "predicateType": PREDICATE_TYPE_MS,
         "predicate": {
             "serialization": serialization,
-            "resources": [{"name": d.name, "algorithm": "sha256", "digest": d.digest} for d in ordered],
+            "resources": [{"name": r[1], "algorithm": r[2], "digest": r[3]} for r in resources],
         },
     }
 
 
-def manifest_from_scan(model_dir: Path, scan: FolderScan, digests: list[FileDigest], config: HashConfig) -> Manifest:
-    del scan
+def manifest_from_scan(model_dir: Path, digests: list[FileDigest], config: HashConfig) -> Manifest:
+    """The whole-file manifest of what :func:`statement` signs (for the signer's report)."""
+    skip_empty = config.layout == LAYOUT_SHARDS
     resources = tuple(
-        sorted((Resource(d.name, ALG_FILE, d.digest, size=d.size) for d in digests), key=lambda r: r.name)
+        sorted(
+            (
+                Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
+                for d in digests
+                if d.size or not skip_empty
+            ),
+            key=lambda r: r.name,
+        )
     )
     model_name = Path(model_dir).resolve().name or "model"
     root = statement(model_name, digests, config)["subject"][0]["digest"]["sha256"]
