@@ -201,3 +201,16 @@ def test_ecdsa_keys_round_trip(model: Path, tmp_path: Path, key_type: str) -> No
     assert result.signature_ok and result.changed == ["config.json"]
     _, ed_pub = keygen(tmp_path / "ed")
     assert not verify_model(model, ed_pub).signature_ok
+
+
+def test_hard_link_to_content_and_cli_format_errors(model: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    os.link(model / "weights.bin", tmp_path / "alias.bin")
+    with pytest.raises(BastionError, match="same inode"):
+        sign_model(model, keys[0], output=tmp_path / "alias.bin", force=True)
+    res = runner.invoke(app, ["sign", str(model), "--key", str(keys[0]), "--format", "model-signing"])
+    assert res.exit_code == 2 and "ECDSA" in res.output  # model-signing verifies no Ed25519 signature
+    res = runner.invoke(app, ["sign", str(model), "--key", str(keys[0]), "--format", "sigstore"])
+    assert res.exit_code == 2 and "bastion, model-signing" in res.output
+    sign_model(model, keys[0])
+    res = runner.invoke(app, ["verify", str(model)])
+    assert res.exit_code == 2 and "--pub" in res.output and "--ca-bundle" in res.output

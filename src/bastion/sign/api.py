@@ -223,6 +223,11 @@ def sign_model_detailed(
         config = HashConfig(shard_size or DEFAULT_SHARD_SIZE, allow_symlinks, patterns, globs)
     scan = scan_folder(folder, patterns, allow_symlinks, globs, follow_links=is_ms)
     check_signable(folder, scan)
+    if sig_path.exists():  # a hard link elsewhere to a file of the model is that file
+        out_stat = os.stat(sig_path)
+        for f in scan.files:
+            if os.path.samestat(out_stat, os.stat(f.path)):
+                raise InputError("output", str(sig_path), f"a new file, not the model's {shown(f.name)} (same inode)")
     if on_total is not None:
         on_total(scan.total_bytes)
     digests = hash_files(scan.files, config.shard_size, workers, progress)
