@@ -1,0 +1,96 @@
+"""Label issues by confident learning (Northcutt et al. 2021), through ``cleanlab``.
+
+Confident learning needs out-of-sample class probabilities: they come from ``pred_probs`` if you have
+them, else from cross-validated logistic regression on the penultimate activations of ``model`` (a
+PyTorch model) or on the flattened inputs (``model=None``), or from a scikit-learn estimator's
+cross-validated ``predict_proba``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from bastion.detect.base import PoisonDetector
+from bastion.errors import InputError
+
+
+class LabelIssues(PoisonDetector):
+    """Score = 1 - cleanlab's label quality (self-confidence); records cleanlab calls issues are flagged.
+
+    ``threshold_`` sits between the least suspicious issue and the most suspicious record kept, so
+    ``predict`` on the training records reproduces cleanlab's decision and extends it to new records.
+    ``folds``: cross-validation folds for the probabilities; ``pred_probs`` (N, C) skips that step.
+    """
+
+    name = "label-issues"
+
+    def __init__(self, folds: int = 5, seed: int = 0) -> None:
+        self.folds = folds
+        self.seed = seed
+
+    def fit(self, model: Any, x: Any, y: Any = None, *, pred_probs: Any = None) -> LabelIssues:
+        from bastion.detect.base import check_records
+
+        self._given_probs = None if pred_probs is None else np.asarray(pred_probs, dtype=np.float64)
+        xt, yt = check_records(x, y)
+        self._fit(model, xt, yt)
+        self.labels_ = self._decide(self.scores_, yt)
+        return self
+
+    def _features(self, x: Tensor) -> np.ndarray:
+        if self.model_ is None or hasattr(self.model_, "predict_proba"):
+            return x.flatten(1).double().numpy()
+        from bastion.detect._features import penultimate
+
+        return penultimate(self.model_, x)
+
+    def _fit(self, model: Any, x: Tensor, y: Tensor | None) -> None:
+        from cleanlab.filter import find_label_issues
+        from sklearn.base import clone
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import cross_val_predict
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        assert y is not None
+        yy = y.numpy()
+        counts = np.bincount(yy)
+        if (counts[counts > 0] < self.folds).any() or (counts > 0).sum() < 2:
+            raise InputError("y", f"class counts {counts.tolist()}", f"at least 2 classes of at least {self.folds} records")
+        self.model_ = model
+        if self._given_probs is not None:
+            probs = self._given_probs
+            if probs.ndim != 2 or probs.shape[0] != yy.shape[0] or probs.shape[1] < counts.shape[0]:
+                raise InputError("pred_probs", f"shape {probs.shape}", f"({yy.shape[0]}, classes)")
+        else:
+            feats = self._features(x)
+            est = (clone(model) if hasattr(model, "predict_proba")
+                   else make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)))
+            probs = cross_val_predict(est, feats, yy, cv=self.folds, method="predict_proba")
+            self.estimator_ = est.fit(feats, yy)
+        ranked = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")
+        self.issues_ = np.sort(np.asarray(ranked, dtype=np.int64))
+        if self._given_probs is not None:
+            self.__dict__.pop("estimator_", None)
+        scores = 1.0 - probs[np.arange(yy.shape[0]), yy]
+        self.scores_ = scores
+        flagged = np.zeros(yy.shape[0], dtype=bool)
+        flagged[self.issues_] = True
+        lo = scores[flagged].min() if flagged.any() else 1.0
+        hi = scores[~flagged & (scores < lo)].max(initial=0.0)
+        self.threshold_ = float((lo + hi) / 2) if flagged.any() else 1.0
+
+    def _score(self, x: Tensor, y: Tensor | None) -> np.ndarray:
+        assert y is not None
+        if hasattr(self, "estimator_"):
+            probs = self.estimator_.predict_proba(self._features(x))
+        else:
+            raise InputError("x", "new records", "records scored with the estimator fit() trained; "
+                             "it was given pred_probs, so only the training records have scores")
+        yy = y.numpy()
+        if (yy >= probs.shape[1]).any():
+            raise InputError("y", f"labels up to {int(yy.max())}", f"classes below {probs.shape[1]}")
+        return np.asarray(1.0 - probs[np.arange(yy.shape[0]), yy])
