@@ -12,6 +12,7 @@ from bastion.cli import (
     evaluate_cmd,
     harden_cmd,
     monitor_cmd,
+    registry_cmd,
     scan_cmd,
     sign_cmd,
 )
@@ -39,6 +40,7 @@ COMMAND_MODULES = (
     harden_cmd,
     certify_cmd,
     monitor_cmd,
+    registry_cmd,
 )
 for module in COMMAND_MODULES:
     module.register(app)
