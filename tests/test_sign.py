@@ -117,9 +117,9 @@ def test_manifest_is_sorted_ignores_git_and_binds_names_in_the_root(model: Path)
     ]
     assert root_digest(swapped) != manifest.root_digest
     # ignore paths are literal; globs are their own, explicit list
-    assert [r.name for r in build_manifest(model, ignore=["tokenizer"], ignore_globs=["*.json"]).resources] == [
-        "weights.bin"
-    ]
+    assert [
+        r.name for r in build_manifest(model, ignore=["tokenizer"], ignore_globs=["*.json"]).resources
+    ] == ["weights.bin"]
     assert [r.name for r in build_manifest(model, ignore=["tokenizer", "*.json"]).resources] == [
         "config.json",
         "weights.bin",
@@ -152,7 +152,9 @@ def test_ignore_patterns_are_signed_and_honoured(
 ) -> None:
     (model / "logs").mkdir()
     (model / "logs" / "train.log").write_text("epoch 1\n")
-    sig = sign_model(model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs"], ignore_globs=["*.tmp"])
+    sig = sign_model(
+        model, keys[0], output=tmp_path / "elsewhere.sig", ignore=["logs"], ignore_globs=["*.tmp"]
+    )
     (model / "logs" / "train.log").write_text("epoch 2\n")
     (model / "scratch.tmp").write_text("x")
     assert verify_model(model, keys[1], signature=sig).ok

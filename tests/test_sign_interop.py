@@ -56,8 +56,18 @@ def test_model_signing_verifies_bastion_key_signatures(model: Path, tmp_path: Pa
 def test_model_signing_cli_verifies_bastion_signature(model: Path, tmp_path: Path) -> None:
     private, public = keygen(tmp_path / "ec", key_type="ecdsa-p256")
     sig = sign_model(model, private, format="model-signing", output=tmp_path / "release.sig")
-    cmd = [sys.executable, "-m", "model_signing", "verify", "key", str(model), "--signature", str(sig),
-           "--public_key", str(public)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_signing",
+        "verify",
+        "key",
+        str(model),
+        "--signature",
+        str(sig),
+        "--public_key",
+        str(public),
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "Verification succeeded" in ok.stdout, ok.stdout + ok.stderr
     (model / "sub" / "extra.bin").write_bytes(b"planted")
@@ -69,11 +79,15 @@ def test_bastion_verifies_model_signing_key_signatures(model: Path, tmp_path: Pa
     key = ec.generate_private_key(ec.SECP256R1())
     private, public = tmp_path / "ms.key", tmp_path / "ms.pub"
     private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     private.chmod(0o600)
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     files_sig, shards_sig = tmp_path / "files.sig", tmp_path / "shards.sig"
     model_signing.signing.Config().use_elliptic_key_signer(private_key=private).sign(model, files_sig)
@@ -103,23 +117,37 @@ def _pki(folder: Path, tag: str) -> tuple[Path, Path, Path]:
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name(f"{tag} CA")).issuer_name(_name(f"{tag} CA"))
-        .public_key(ca_key.public_key()).serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{tag} CA"))
+        .issuer_name(_name(f"{tag} CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = (
-        x509.CertificateBuilder().subject_name(_name(f"{tag} signer")).issuer_name(ca.subject)
-        .public_key(leaf_key.public_key()).serial_number(2)
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=10))
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{tag} signer"))
+        .issuer_name(ca.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=10))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     folder.mkdir(parents=True)
@@ -127,7 +155,9 @@ def _pki(folder: Path, tag: str) -> tuple[Path, Path, Path]:
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     paths[2].write_bytes(
-        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     paths[2].chmod(0o600)
     return paths
@@ -147,7 +177,9 @@ def test_certificate_signatures_both_ways(model: Path, tmp_path: Path) -> None:
     ).sign(model, theirs)
     assert verify_model(model, signature=theirs, ca_bundle=ca).ok
     rogue = verify_model(model, signature=theirs, ca_bundle=other_ca)
-    assert not rogue.ok and not rogue.signature_ok and "does not lead to the given CA bundle" in rogue.reasons[0]
+    assert (
+        not rogue.ok and not rogue.signature_ok and "does not lead to the given CA bundle" in rogue.reasons[0]
+    )
     # Bastion's own format carries a certificate chain the same way
     native = sign_model(model, key, certificate=leaf, output=tmp_path / "native.sig")
     assert verify_model(model, signature=native, ca_bundle=ca).ok
@@ -160,8 +192,12 @@ def test_shards_layout_both_ways_with_an_empty_file(model: Path, tmp_path: Path)
     sig = sign_model(model, private, format="model-signing", shard_size=4096, output=tmp_path / "s.sig")
     statement = json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))
     names = [r["name"] for r in statement["predicate"]["resources"]]
-    assert names == ["config.json:0:16", "sub/weights.bin:0:4096", "sub/weights.bin:4096:8192",
-                     "sub/weights.bin:8192:10240"]
+    assert names == [
+        "config.json:0:16",
+        "sub/weights.bin:0:4096",
+        "sub/weights.bin:4096:8192",
+        "sub/weights.bin:8192:10240",
+    ]
     assert statement["predicate"]["serialization"]["shard_size"] == 4096
     _ms_verify_key(model, sig, public)
     assert verify_model(model, public, signature=sig).ok

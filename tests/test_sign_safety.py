@@ -128,7 +128,9 @@ def test_encrypted_keys_use_scrypt(tmp_path: Path) -> None:
     der = base64.b64decode("".join(pem.strip().splitlines()[1:-1]))
     assert bytes.fromhex("06092a864886f70d01050d") in der  # PBES2
     assert bytes.fromhex("06092b06010401da47040b") in der  # scrypt, 1.3.6.1.4.1.11591.4.11
-    assert bytes.fromhex("02024000") + bytes.fromhex("020108") + bytes.fromhex("020105") in der  # N=2^14 r=8 p=5
+    assert (
+        bytes.fromhex("02024000") + bytes.fromhex("020108") + bytes.fromhex("020105") in der
+    )  # N=2^14 r=8 p=5
     with pytest.raises(KeyFileError, match="wrong password"):
         load_private_key(private, "wrong")
     assert load_private_key(private, "s3cret").curve.name == "secp256r1"  # type: ignore[union-attr]
@@ -154,7 +156,9 @@ def test_leftover_temp_file_is_not_content_and_write_is_fsynced(
     sign_model(model, keys[0])
     assert events[:2] == ["fsync", "replace model.sig"]  # the data reaches the disk before the rename
     monkeypatch.undo()
-    statement = json.loads(base64.b64decode(json.loads((model / "model.sig").read_text())["dsseEnvelope"]["payload"]))
+    statement = json.loads(
+        base64.b64decode(json.loads((model / "model.sig").read_text())["dsseEnvelope"]["payload"])
+    )
     assert [r["name"] for r in statement["predicate"]["resources"]] == ["config.json", "weights.bin"]
     assert not (model / ".model.sig.tmp").exists()
     assert verify_model(model, keys[1]).ok
@@ -164,7 +168,9 @@ def test_output_never_overwrites_inputs(model: Path, keys: tuple[Path, Path], tm
     key_bytes, weights = keys[0].read_bytes(), (model / "weights.bin").read_bytes()
     for target in (keys[0], keys[1], model / "weights.bin"):
         for extra in ([], ["--force"]):
-            res = runner.invoke(app, ["sign", str(model), "--key", str(keys[0]), "--output", str(target), *extra])
+            res = runner.invoke(
+                app, ["sign", str(model), "--key", str(keys[0]), "--output", str(target), *extra]
+            )
             assert res.exit_code == 2 and "error:" in res.output, (target, res.output)
     assert keys[0].read_bytes() == key_bytes and (model / "weights.bin").read_bytes() == weights
     link = tmp_path / "alias"
@@ -203,7 +209,9 @@ def test_ecdsa_keys_round_trip(model: Path, tmp_path: Path, key_type: str) -> No
     assert not verify_model(model, ed_pub).signature_ok
 
 
-def test_hard_link_to_content_and_cli_format_errors(model: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
+def test_hard_link_to_content_and_cli_format_errors(
+    model: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
     os.link(model / "weights.bin", tmp_path / "alias.bin")
     with pytest.raises(BastionError, match="same inode"):
         sign_model(model, keys[0], output=tmp_path / "alias.bin", force=True)

@@ -110,7 +110,9 @@ def keygen_command(
 @handle_errors
 def sign_command(
     model_dir: Path = typer.Argument(..., help="Folder holding the model's files."),
-    key: Path = typer.Option(..., "--key", "-k", help="Private key (Ed25519 or ECDSA) from `bastion keygen`."),
+    key: Path = typer.Option(
+        ..., "--key", "-k", help="Private key (Ed25519 or ECDSA) from `bastion keygen`."
+    ),
     output: Path | None = typer.Option(
         None,
         "--output",
@@ -138,9 +140,13 @@ def sign_command(
     insecure_key_permissions: bool = typer.Option(
         False, "--insecure-key-permissions", help="Use a key file group or others can read.", metavar=""
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing non-signature output.", metavar=""),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite an existing non-signature output.", metavar=""
+    ),
     allow_symlinks: bool = typer.Option(
-        False, "--allow-symlinks", help="Allow symlinks that stay inside the folder and out of ignored paths (recorded as links; "
+        False,
+        "--allow-symlinks",
+        help="Allow symlinks that stay inside the folder and out of ignored paths (recorded as links; "
         "model-signing format hashes their target).",
     ),
     shard_size: int | None = typer.Option(

@@ -130,10 +130,14 @@ def check_output(
     if sig_path.is_dir():
         raise InputError("output", f"{sig_path}, a folder", "the signature file's path")
     if not sig_path.parent.is_dir():
-        raise InputError("output", str(sig_path), f"a path in an existing folder ({sig_path.parent} does not exist)")
+        raise InputError(
+            "output", str(sig_path), f"a path in an existing folder ({sig_path.parent} does not exist)"
+        )
     for other in protected:
         if _same_file(sig_path, other):
-            raise InputError("output", str(sig_path), f"a new file, not the input {other} (it would be overwritten)")
+            raise InputError(
+                "output", str(sig_path), f"a new file, not the input {other} (it would be overwritten)"
+            )
     if not (sig_path.exists() or sig_path.is_symlink()):
         return
     if sig_path.is_symlink():
@@ -142,10 +146,16 @@ def check_output(
         return
     if rel_sig is not None:
         raise InputError(
-            "output", f"{sig_path}, a file of the model being signed", "a new path or an existing signature file"
+            "output",
+            f"{sig_path}, a file of the model being signed",
+            "a new path or an existing signature file",
         )
     if not force:
-        raise InputError("output", f"{sig_path}, which exists and is not a signature", "a new path, or --force to overwrite it")
+        raise InputError(
+            "output",
+            f"{sig_path}, which exists and is not a signature",
+            "a new path, or --force to overwrite it",
+        )
 
 
 def sign_model_detailed(
@@ -204,7 +214,11 @@ def sign_model_detailed(
                 "(make one with `bastion keygen --type ecdsa-p256`)"
             )
         if globs:
-            raise InputError("ignore_globs", repr(list(globs)), "none with format model-signing (its ignore paths are literal)")
+            raise InputError(
+                "ignore_globs",
+                repr(list(globs)),
+                "none with format model-signing (its ignore paths are literal)",
+            )
     certs: tuple[bytes, ...] = ()
     if certificate is not None:
         from bastion.sign.certs import der, load_certificates
@@ -227,7 +241,9 @@ def sign_model_detailed(
         out_stat = os.stat(sig_path)
         for f in scan.files:
             if os.path.samestat(out_stat, os.stat(f.path)):
-                raise InputError("output", str(sig_path), f"a new file, not the model's {shown(f.name)} (same inode)")
+                raise InputError(
+                    "output", str(sig_path), f"a new file, not the model's {shown(f.name)} (same inode)"
+                )
     if on_total is not None:
         on_total(scan.total_bytes)
     digests = hash_files(scan.files, config.shard_size, workers, progress)
@@ -239,7 +255,9 @@ def sign_model_detailed(
             Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
             for d in digests
         ] + [Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target) for lk in scan.links]
-        manifest = Manifest(folder.resolve().name or "model", tuple(sorted(resources, key=lambda r: r.name)), config)
+        manifest = Manifest(
+            folder.resolve().name or "model", tuple(sorted(resources, key=lambda r: r.name)), config
+        )
         statement = manifest.to_statement()
     # compact, key-sorted JSON: the bytes signed are the bytes stored, so no canonical form is needed later
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -275,14 +293,17 @@ def _same(signed: Resource, now: Resource) -> bool:
     )
 
 
-def _signing_key(bundle: Bundle, public_key_path: str | Path | None, ca_bundle: str | Path | None,
-                 result: VerifyResult) -> PublicKey | None:
+def _signing_key(
+    bundle: Bundle, public_key_path: str | Path | None, ca_bundle: str | Path | None, result: VerifyResult
+) -> PublicKey | None:
     if public_key_path is not None:
         pub = load_public_key(public_key_path)
         result.key_id = key_id(pub)
         return pub
     if ca_bundle is None:
-        raise InputError("pub", "nothing", "a public key (--pub), or a CA bundle (--ca-bundle) for a certificate signature")
+        raise InputError(
+            "pub", "nothing", "a public key (--pub), or a CA bundle (--ca-bundle) for a certificate signature"
+        )
     if not bundle.certificates:
         raise SignatureFormatError("signature: carries no certificate chain; verify it with --pub")
     from bastion.sign.certs import load_certificates, verify_chain
@@ -348,11 +369,15 @@ def verify_model(
             manifest, claimed_root = ms.parse(statement)
             result.format = "model-signing"
         else:
-            raise ManifestError(f"payload.predicateType: got {ptype!r}, expected {PREDICATE_TYPE!r} or {ms.PREDICATE_TYPE_MS!r}")
+            raise ManifestError(
+                f"payload.predicateType: got {ptype!r}, expected {PREDICATE_TYPE!r} or {ms.PREDICATE_TYPE_MS!r}"
+            )
     except (UnicodeDecodeError, json.JSONDecodeError, ManifestError, SignatureFormatError) as exc:
         detail = str(exc) if isinstance(exc, SigningError) else "not UTF-8 JSON"
         # a valid signature over something unreadable: the signer's tool is broken, not the model
-        raise SignatureFormatError(f"signature file {sig_path}: signed payload is not a model manifest: {detail}") from None
+        raise SignatureFormatError(
+            f"signature file {sig_path}: signed payload is not a model manifest: {detail}"
+        ) from None
 
     result.model_name = manifest.model_name
     result.root_digest = manifest.root_digest
@@ -365,17 +390,27 @@ def verify_model(
     return result
 
 
-def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyResult, workers: int | None,
-             progress: ProgressHook | None, on_total: ProgressHook | None) -> None:
+def _compare(
+    folder: Path,
+    sig_path: Path,
+    manifest: Manifest,
+    result: VerifyResult,
+    workers: int | None,
+    progress: ProgressHook | None,
+    on_total: ProgressHook | None,
+) -> None:
     config = manifest.config
     rel_sig = _inside(sig_path, folder)
     extra = [rel_sig, temp_path(Path(rel_sig)).as_posix()] if rel_sig else []
     ignore = normalize_patterns([*config.ignore_paths, *extra])
-    scan = scan_folder(folder, ignore, config.allow_symlinks, config.ignore_globs,
-                       follow_links=config.layout != "bastion")
+    scan = scan_folder(
+        folder, ignore, config.allow_symlinks, config.ignore_globs, follow_links=config.layout != "bastion"
+    )
     signed = manifest.by_name()
     refused = {r.name: r.reason for r in scan.refused}
-    missing_sizes = {r.size for n, r in signed.items() if r.size is not None and n not in {f.name for f in scan.files}}
+    missing_sizes = {
+        r.size for n, r in signed.items() if r.size is not None and n not in {f.name for f in scan.files}
+    }
     whole_files = config.layout == ms.LAYOUT_FILES
     to_hash: list[FileEntry] = []
     now: dict[str, Resource] = {}
@@ -383,7 +418,11 @@ def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyRes
         if f.size == 0 and config.layout == ms.LAYOUT_SHARDS and f.name not in signed:
             continue  # that layout has no entry for an empty file (see bastion.sign.modelsigning)
         s = signed.get(f.name)
-        fits = (s.size is None or s.size == f.size) if s is not None else (whole_files or f.size in missing_sizes)
+        fits = (
+            (s.size is None or s.size == f.size)
+            if s is not None
+            else (whole_files or f.size in missing_sizes)
+        )
         if fits:
             to_hash.append(f)
         else:  # a different size already says "changed"; never hash by a shard size the file does not match
@@ -391,7 +430,9 @@ def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyRes
     if on_total is not None:
         on_total(sum(f.size for f in to_hash))
     for d in hash_files(to_hash, config.shard_size, workers, progress):
-        now[d.name] = Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
+        now[d.name] = Resource(
+            d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards
+        )
     for lk in scan.links:
         now[lk.name] = Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target)
     result.files = len(signed)
@@ -410,10 +451,16 @@ def _compare(folder: Path, sig_path: Path, manifest: Manifest, result: VerifyRes
 
     # a missing file whose exact content turns up under a new name was most likely renamed
     missing_by_digest = {signed[m].digest: m for m in result.missing if signed[m].algorithm != ALG_SYMLINK}
-    renamed_to = {a: missing_by_digest[now[a].digest] for a in result.added if a in now and now[a].digest in missing_by_digest}
+    renamed_to = {
+        a: missing_by_digest[now[a].digest]
+        for a in result.added
+        if a in now and now[a].digest in missing_by_digest
+    }
     renamed_from = {v: k for k, v in renamed_to.items()}
     for name in result.changed:
-        why = refused[name] if name in refused else _describe_change(signed[name], now[name], config.shard_size)
+        why = (
+            refused[name] if name in refused else _describe_change(signed[name], now[name], config.shard_size)
+        )
         result.reasons.append(f"changed: {shown(name)}: {why}")
     for name in result.missing:
         hint = f" (renamed to {shown(renamed_from[name])}?)" if name in renamed_from else ""

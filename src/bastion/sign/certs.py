@@ -38,7 +38,9 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def verify_chain(chain: tuple[bytes, ...], roots: list[x509.Certificate]) -> tuple[PublicKey | None, str, list[str]]:
+def verify_chain(
+    chain: tuple[bytes, ...], roots: list[x509.Certificate]
+) -> tuple[PublicKey | None, str, list[str]]:
     """Validate ``chain`` (DER, leaf first) up to one of ``roots``; returns (leaf key, subject, problems)."""
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
@@ -48,19 +50,33 @@ def verify_chain(chain: tuple[bytes, ...], roots: list[x509.Certificate]) -> tup
     subject = leaf.subject.rfc4514_string()
     key = leaf.public_key()
     if not isinstance(key, (ec.EllipticCurvePublicKey, Ed25519PublicKey)):
-        return None, subject, [f"certificate: {subject} holds a {type(key).__name__}, expected an ECDSA or Ed25519 key"]
+        return (
+            None,
+            subject,
+            [f"certificate: {subject} holds a {type(key).__name__}, expected an ECDSA or Ed25519 key"],
+        )
     if not _can_sign(leaf):
-        return None, subject, [f"certificate: {subject} does not allow signing (key usage / extended key usage)"]
+        return (
+            None,
+            subject,
+            [f"certificate: {subject} does not allow signing (key usage / extended key usage)"],
+        )
     policy = (
         xv.PolicyBuilder()
         .store(xv.Store(roots))
         .time(leaf.not_valid_before_utc)
-        .extension_policies(ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=xv.ExtensionPolicy.permit_all())
+        .extension_policies(
+            ca_policy=xv.ExtensionPolicy.webpki_defaults_ca(), ee_policy=xv.ExtensionPolicy.permit_all()
+        )
     )
     try:
         policy.build_client_verifier().verify(leaf, certs[1:])
     except xv.VerificationError as exc:
-        return None, subject, [f"certificate: chain of {subject} does not lead to the given CA bundle ({exc})"]
+        return (
+            None,
+            subject,
+            [f"certificate: chain of {subject} does not lead to the given CA bundle ({exc})"],
+        )
     return key, subject, []
 
 
@@ -71,6 +87,9 @@ def _can_sign(cert: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         pass
     try:
-        return ExtendedKeyUsageOID.CODE_SIGNING in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        return (
+            ExtendedKeyUsageOID.CODE_SIGNING
+            in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        )
     except x509.ExtensionNotFound:
         return False

@@ -20,7 +20,7 @@ import binascii
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,6 @@ class Bundle:
     key_hint: str | None = None  # verificationMaterial.publicKey.hint
     certificates: tuple[bytes, ...] = ()  # DER, leaf first (x509CertificateChain or a single certificate)
     tlog_entries: int = 0  # transparency-log entries (keyless Sigstore)
-    raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_keyless(self) -> bool:
@@ -137,7 +136,9 @@ def b64decode(value: Any, where: str) -> bytes:
         raise SignatureFormatError(f"{where}: not valid base64") from None
 
 
-def sign_envelope(payload: bytes, private_key: PrivateKey, payload_type: str = PAYLOAD_TYPE, keyid: str | None = None) -> Envelope:
+def sign_envelope(
+    payload: bytes, private_key: PrivateKey, payload_type: str = PAYLOAD_TYPE, keyid: str | None = None
+) -> Envelope:
     """Sign ``payload`` as DSSE: the key's signature over PAE(payload_type, payload)."""
     sig = sign_bytes(private_key, pae(payload_type, payload))
     kid = key_id(private_key.public_key()) if keyid is None else keyid
@@ -166,7 +167,9 @@ def verify_envelope(envelope: Envelope, public_key: PublicKey) -> tuple[bool, li
     ]
 
 
-def bundle_json(envelope: Envelope, *, key_hint: str | None = None, certificates: tuple[bytes, ...] = ()) -> dict[str, Any]:
+def bundle_json(
+    envelope: Envelope, *, key_hint: str | None = None, certificates: tuple[bytes, ...] = ()
+) -> dict[str, Any]:
     """The Sigstore bundle v0.3 object around ``envelope`` (key hint, or certificate chain leaf first)."""
     material: dict[str, Any]
     if certificates:
@@ -181,7 +184,11 @@ def bundle_json(envelope: Envelope, *, key_hint: str | None = None, certificates
             keyids = sorted({s.keyid for s in envelope.signatures})
             key_hint = keyids[0] if keyids else ""
         material = {"publicKey": {"hint": key_hint}, "tlogEntries": []}
-    return {"mediaType": BUNDLE_MEDIA_TYPE, "verificationMaterial": material, "dsseEnvelope": envelope.to_json()}
+    return {
+        "mediaType": BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": material,
+        "dsseEnvelope": envelope.to_json(),
+    }
 
 
 def temp_path(path: Path) -> Path:
@@ -235,7 +242,9 @@ def read_bundle(path: Path) -> Bundle:
     except UnicodeDecodeError:
         raise SignatureFormatError(f"signature: {path} is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise SignatureFormatError(f"signature: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SignatureFormatError(
+            f"signature: {path} is not JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     except SignatureFormatError as exc:
         raise SignatureFormatError(f"signature file {path} is malformed: {exc}") from None
     try:
@@ -266,7 +275,9 @@ def _parse_bundle(obj: Mapping[str, Any]) -> Bundle:
     if chain is not None:
         entries = chain.get("certificates") if isinstance(chain, Mapping) else None
         if not isinstance(entries, list) or not entries:
-            raise SignatureFormatError("verificationMaterial.x509CertificateChain.certificates: expected a list")
+            raise SignatureFormatError(
+                "verificationMaterial.x509CertificateChain.certificates: expected a list"
+            )
         for i, entry in enumerate(entries):
             raw = entry.get("rawBytes") if isinstance(entry, Mapping) else None
             certs.append(b64decode(raw, f"x509CertificateChain.certificates[{i}].rawBytes"))
@@ -277,7 +288,7 @@ def _parse_bundle(obj: Mapping[str, Any]) -> Bundle:
     tlog = material.get("tlogEntries", [])
     if not isinstance(tlog, list):
         raise SignatureFormatError("verificationMaterial.tlogEntries: expected a list")
-    return Bundle(envelope, media, hint, tuple(certs), len(tlog), obj)
+    return Bundle(envelope, media, hint, tuple(certs), len(tlog))
 
 
 def read_signature_file(path: Path) -> Envelope:

@@ -177,7 +177,9 @@ def scan_folder(
                 ignored.append(name)
                 continue
             if not _utf8(entry.name):
-                scan.refused.append(Refusal(name, "file name is not valid UTF-8; rename it to sign the folder"))
+                scan.refused.append(
+                    Refusal(name, "file name is not valid UTF-8; rename it to sign the folder")
+                )
             elif entry.is_symlink():
                 scan_link(Path(entry.path), name, root_real, allow_symlinks, scan)
             elif entry.is_dir(follow_symlinks=False):
@@ -195,13 +197,18 @@ def scan_folder(
     for link in scan.links:
         if is_ignored(link.target, ignore, globs) or any(n.startswith(link.target + "/") for n in ignored):
             scan.refused.append(
-                Refusal(link.name, f"symlink to {link.target!r} leads into an ignored path, which is not signed")
+                Refusal(
+                    link.name, f"symlink to {link.target!r} leads into an ignored path, which is not signed"
+                )
             )
         elif follow_links:
             target = root_real / link.target
             if not target.is_file():
                 scan.refused.append(
-                    Refusal(link.name, f"symlink to folder {link.target!r}; model-signing format follows file links only")
+                    Refusal(
+                        link.name,
+                        f"symlink to folder {link.target!r}; model-signing format follows file links only",
+                    )
                 )
             else:
                 scan.files.append(FileEntry(link.name, target, target.stat().st_size))
@@ -230,7 +237,9 @@ def scan_link(path: Path, name: str, root_real: Path, allow_symlinks: bool, scan
         )
         return
     if not resolved.exists():
-        scan.refused.append(Refusal(name, f"symlink to {target_text!r} is broken (its target does not exist)"))
+        scan.refused.append(
+            Refusal(name, f"symlink to {target_text!r} is broken (its target does not exist)")
+        )
         return
     scan.links.append(LinkEntry(name, inside))
 

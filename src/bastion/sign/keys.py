@@ -148,12 +148,18 @@ def encrypt_pkcs8(private_key: PrivateKey, password: bytes) -> bytes:
     padded = padder.update(plain) + padder.finalize()
     encryptor = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).encryptor()
     encrypted = encryptor.update(padded) + encryptor.finalize()
-    kdf = _seq(_oid(_OID_SCRYPT), _seq(_octets(salt), _int(SCRYPT_N), _int(SCRYPT_R), _int(SCRYPT_P), _int(32)))
+    kdf = _seq(
+        _oid(_OID_SCRYPT), _seq(_octets(salt), _int(SCRYPT_N), _int(SCRYPT_R), _int(SCRYPT_P), _int(32))
+    )
     scheme = _seq(_oid(_OID_AES256_CBC), _octets(iv))
     der = _seq(_seq(_oid(_OID_PBES2), _seq(kdf, scheme)), _octets(encrypted))
     body = base64.encodebytes(der).decode("ascii").replace("\n", "")
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return ("-----BEGIN ENCRYPTED PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END ENCRYPTED PRIVATE KEY-----\n").encode()
+    return (
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
+        + "\n".join(lines)
+        + "\n-----END ENCRYPTED PRIVATE KEY-----\n"
+    ).encode()
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -213,7 +219,9 @@ def keygen(
     # The key folder is created owner-only: it holds a secret.
     private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(private_path, private_pem)
-    public_path.write_bytes(public_pem)
+    tmp = public_path.with_name(f".{public_path.name}.tmp")
+    tmp.write_bytes(public_pem)
+    tmp.replace(public_path)  # replaces a link at that path, never writes through it
     return private_path, public_path
 
 
@@ -244,9 +252,16 @@ def check_private_permissions(path: Path) -> None:
 def _supported(key: object, p: Path, what: str) -> None:
     if isinstance(key, (Ed25519PrivateKey, Ed25519PublicKey)):
         return
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and key.curve.name in _CURVE_HASH:
+    if (
+        isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
+        and key.curve.name in _CURVE_HASH
+    ):
         return
-    detail = f"an EC key on {key.curve.name}" if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) else f"a {type(key).__name__}"
+    detail = (
+        f"an EC key on {key.curve.name}"
+        if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey))
+        else f"a {type(key).__name__}"
+    )
     raise KeyFileError(f"{what}: {p} holds {detail}, expected an Ed25519 or ECDSA P-256/P-384/P-521 key")
 
 

@@ -336,6 +336,8 @@ def build_manifest(
     if shard_size < 1:
         raise ManifestError(f"shard_size: got {shard_size}, expected a positive number of bytes")
     patterns = normalize_patterns([*(DEFAULT_IGNORE if default_ignore else ()), *ignore])
-    config = HashConfig(shard_size, allow_symlinks, patterns, normalize_patterns(ignore_globs, "ignore_globs"))
+    config = HashConfig(
+        shard_size, allow_symlinks, patterns, normalize_patterns(ignore_globs, "ignore_globs")
+    )
     manifest, _ = collect(path, config, workers, progress, on_total, refuse=True)
     return manifest

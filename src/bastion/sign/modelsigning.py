@@ -62,7 +62,11 @@ def statement(model_name: str, digests: list[FileDigest], config: HashConfig) ->
     """The Statement model-signing writes for these digests (``files``, or ``shards`` when so configured)."""
     resources = _resources(digests, config)
     root = hashlib.sha256(b"".join(bytes.fromhex(r[3]) for r in resources)).hexdigest()
-    serialization: dict[str, Any] = {"method": "files", "hash_type": "sha256", "allow_symlinks": config.allow_symlinks}
+    serialization: dict[str, Any] = {
+        "method": "files",
+        "hash_type": "sha256",
+        "allow_symlinks": config.allow_symlinks,
+    }
     if config.layout == LAYOUT_SHARDS:
         serialization["method"] = "shards"
         serialization["shard_size"] = config.shard_size
@@ -85,7 +89,9 @@ def manifest_from_scan(model_dir: Path, digests: list[FileDigest], config: HashC
     resources = tuple(
         sorted(
             (
-                Resource(d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards)
+                Resource(
+                    d.name, ALG_SHARDED if d.shards else ALG_FILE, d.digest, size=d.size, shards=d.shards
+                )
                 for d in digests
                 if d.size or not skip_empty
             ),
@@ -118,7 +124,9 @@ def _config(obj: Any) -> HashConfig:
         raise ManifestError(f"predicate.serialization.allow_symlinks: got {allow!r}, expected true or false")
     from bastion.sign.hashing import normalize_patterns
 
-    ignore = normalize_patterns(_str_list(obj.get("ignore_paths", []), "predicate.serialization.ignore_paths"))
+    ignore = normalize_patterns(
+        _str_list(obj.get("ignore_paths", []), "predicate.serialization.ignore_paths")
+    )
     if method == "files":
         return HashConfig(WHOLE_FILE, allow, ignore, (), LAYOUT_FILES)
     size = obj.get("shard_size")
@@ -155,7 +163,9 @@ def parse(stmt: Mapping[str, Any]) -> tuple[Manifest, str]:
             raise ManifestError("predicate.resources: every entry must be an object")
         rname, alg, dig = raw.get("name"), raw.get("algorithm"), raw.get("digest")
         if not isinstance(rname, str) or not isinstance(dig, str) or not _HEX64.fullmatch(dig):
-            raise ManifestError(f"predicate.resources: bad entry {rname!r} (expected a name and 64 hex digits)")
+            raise ManifestError(
+                f"predicate.resources: bad entry {rname!r} (expected a name and 64 hex digits)"
+            )
         root.update(bytes.fromhex(dig))
         if config.layout == LAYOUT_FILES:
             if alg != "sha256":
@@ -187,7 +197,9 @@ def parse(stmt: Mapping[str, Any]) -> tuple[Manifest, str]:
             resources.append(Resource(path, ALG_FILE, parts[0][2], size=end))
         else:
             combined = hashlib.sha256(b"".join(bytes.fromhex(p[2]) for p in parts)).hexdigest()
-            resources.append(Resource(path, ALG_SHARDED, combined, size=end, shards=tuple(p[2] for p in parts)))
+            resources.append(
+                Resource(path, ALG_SHARDED, combined, size=end, shards=tuple(p[2] for p in parts))
+            )
     resources.sort(key=lambda r: r.name)
     return Manifest(name, tuple(resources), config, declared_root=root.hexdigest()), claimed
 
