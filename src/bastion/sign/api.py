@@ -184,9 +184,9 @@ def sign_model_detailed(
     (and its temp file) is recorded as ignored. ``ignore`` adds literal relative paths, ``ignore_globs``
     glob patterns (Bastion's format only). ``format="model-signing"`` writes OpenSSF model-signing v1.0's
     exact payload (ECDSA keys only, as model-signing verifies no other): its ``files`` layout, or its
-    ``shards`` layout when ``shard_size`` is given (Bastion's format shards at 1 GiB unless told). ``certificate`` (PEM, matching
-    the key) and ``certificate_chain`` (intermediates) put the signer's chain in the bundle for PKI
-    verification. The output never replaces the key, the certificates or a file of the model, and an
+    ``shards`` layout when ``shard_size`` is given (Bastion's format shards at 1 GiB unless told).
+    ``certificate`` (PEM, matching the key) and ``certificate_chain`` (intermediates) put the signer's
+    chain in the bundle for PKI verification. The output never replaces the key, the certificates or a file of the model, and an
     existing file that is not a signature only with ``force``.
     """
     if format not in FORMATS:
