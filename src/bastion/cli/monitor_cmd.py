@@ -55,6 +55,34 @@ def _load(model: Path, data: Path, factory: str | None, trust_pickle: bool, argu
     return m, x
 
 
+def _secret(env: str | None) -> bytes | None:
+    import os
+
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise InputError("--webhook-secret-env", env, "the name of a set, non-empty environment variable")
+    return value.encode()
+
+
+#: monitors whose alarm looks like an evasion or probing campaign rather than natural drift
+_ATTACK_LIKE = {"boundary": "AML.T0043", "confidence": "AML.T0015"}
+
+
+def _incident(model: Path, data: Path, reports: list[Any], drifted: list[int], window: int) -> Any:
+    from bastion.monitor.alerts import Incident
+
+    fired = sorted({m for i in drifted for m in reports[i].fired})
+    attack = [m for m in fired if m in _ATTACK_LIKE]
+    return Incident(
+        title=f"{model.name}: {len(drifted)} of {len(reports)} traffic windows drifted ({', '.join(fired)})",
+        severity="high" if attack else "medium", source="bastion monitor check", model=str(model),
+        details={"data": str(data), "window": window, "windows": len(reports), "drifted_windows": len(drifted),
+                 "first_drifted_window": drifted[0], "monitors": ", ".join(fired)},
+        atlas=tuple(sorted({_ATTACK_LIKE[m] for m in attack})))
+
+
 @monitor_app.command("fit")
 @handle_errors
 def fit_command(
@@ -95,6 +123,11 @@ def check_command(
     factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).",
                                       metavar=""),
+    webhook: str | None = typer.Option(None, "--webhook", help="POST one incident here when any window drifted."),
+    webhook_format: str = typer.Option("generic", "--webhook-format", help="generic (signed JSON) | xsoar "
+                                       "(Cortex XSOAR incident: name, type, severity, occurred, labels, rawJSON)."),
+    webhook_secret_env: str | None = typer.Option(None, "--webhook-secret-env", help="Name of the environment "
+                                                  "variable holding the HMAC-SHA256 secret that signs the body."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Check traffic window by window; exit 1 when any window drifted, naming the monitors that fired."""
@@ -102,6 +135,11 @@ def check_command(
 
     if window < 20:
         raise InputError("--window", window, "at least 20 requests per window")
+    secret = _secret(webhook_secret_env)
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise InputError("--webhook", webhook, "an http:// or https:// URL")
+    if webhook_format not in ("generic", "xsoar"):
+        raise InputError("--webhook-format", webhook_format, "generic or xsoar")
     base = Baseline.load(baseline)
     m, x = _load(model, data, factory, trust_pickle, "--data")
     width = base.reference_inputs_.shape[1]
@@ -117,8 +155,19 @@ def check_command(
     if not reports:
         raise InputError("--data", f"{len(x)} examples", f"at least one full window of {window} (or lower --window)")
     drifted = [i for i, r in enumerate(reports) if r.drift]
+    delivery: dict[str, Any] | None = None
+    if webhook is not None and drifted:
+        from bastion.monitor.webhooks import deliver_now
+
+        incident = _incident(model, data, reports, drifted, window)
+        (d,) = deliver_now(webhook, [incident], fmt=webhook_format, secret=secret,
+                           retries=3, backoff=0.5)
+        delivery = {"incident": incident.id, "ok": d.ok, "status": d.status, "attempts": d.attempts, "error": d.error}
+        if not d.ok:
+            err_console.print(f"warning: the incident was not delivered to {webhook}: {d.error}", highlight=False,
+                              markup=False, soft_wrap=True)
     if json_out:
-        print_json({"windows": len(reports), "drifted": drifted, "window": window,
+        print_json({"windows": len(reports), "drifted": drifted, "window": window, "webhook": delivery,
                     "reports": [r.to_dict() for r in reports]})
     else:
         for i, r in enumerate(reports):
