@@ -1,6 +1,6 @@
 """Attacks: evasion today; poisoning, extraction, inversion and membership inference to come."""
 
-from bastion.attacks import evasion, poisoning
+from bastion.attacks import evasion, extraction, inference, poisoning
 from bastion.attacks.evasion import *  # noqa: F403 - the evasion attacks are the public attack API
 
-__all__ = ["evasion", "poisoning", *evasion.__all__]
+__all__ = ["evasion", "extraction", "inference", "poisoning", *evasion.__all__]
