@@ -124,9 +124,13 @@ def sign_command(
         [],
         "--ignore",
         help="Path to leave out, taken literally, with everything under it (repeatable); .git always.",
+        metavar="PATH",
     ),
     ignore_glob: list[str] = typer.Option(
-        [], "--ignore-glob", help="Glob of paths to leave out (repeatable), e.g. '*.log' (bastion format)."
+        [],
+        "--ignore-glob",
+        help="Glob of paths to leave out (repeatable), e.g. '*.log' (bastion format).",
+        metavar="GLOB",
     ),
     sig_format: str = typer.Option(
         "bastion", "--format", help="bastion, or model-signing (OpenSSF model-signing v1.0, ECDSA keys)."
@@ -135,7 +139,10 @@ def sign_command(
         None, "--certificate", help="PEM certificate of the key: verifiers then trust a CA, not a key."
     ),
     certificate_chain: list[Path] = typer.Option(
-        [], "--certificate-chain", help="PEM intermediate certificates to ship with --certificate."
+        [],
+        "--certificate-chain",
+        help="PEM intermediate certificates to ship with --certificate (repeatable).",
+        metavar="PEM",
     ),
     insecure_key_permissions: bool = typer.Option(
         False, "--insecure-key-permissions", help="Use a key file group or others can read.", metavar=""
@@ -148,6 +155,7 @@ def sign_command(
         "--allow-symlinks",
         help="Allow symlinks that stay inside the folder and out of ignored paths (recorded as links; "
         "model-signing format hashes their target).",
+        metavar="",
     ),
     shard_size: int | None = typer.Option(
         None,
@@ -161,7 +169,7 @@ def sign_command(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
-    """Hash every file of MODEL_DIR and sign the manifest (in-toto Statement in a DSSE envelope).
+    """Hash every file of MODEL_DIR and sign the manifest (in-toto Statement, DSSE envelope, Sigstore bundle).
 
     Examples:
 
@@ -229,6 +237,9 @@ def verify_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Check MODEL_DIR against its signature: exit 0 intact, 1 names every difference, 2 could not check.
+
+    Reads Bastion's and OpenSSF model-signing's signatures, key-based (--pub) or certificate-based
+    (--ca-bundle). The signature is checked before anything it claims is used.
 
     Examples:
 
