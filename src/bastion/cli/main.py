@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli import (
+    assess_cmd,
     attack_cmd,
     certify_cmd,
     convert_cmd,
@@ -31,6 +32,7 @@ app = typer.Typer(
 
 # One command group per capability, in the order `bastion --help` lists them.
 COMMAND_MODULES = (
+    assess_cmd,
     attack_cmd,
     evaluate_cmd,
     demo_cmd,

@@ -1,0 +1,424 @@
+"""Run every check that applies to a model and its data under one policy: :func:`assess`.
+
+    from bastion.assess.gate import assess, Policy
+    a = assess("model.pt", data="test.npz", policy=Policy.demo())
+    a.verdict, a.exit_code, [o.to_dict() for o in a.outcomes]
+
+What applies is decided from what was given and what the model's adapter offers: the file scan always;
+the signature when a key is given (or the policy requires one); accuracy and robustness with test data
+(white-box attacks when the model has gradients, black-box otherwise); certification when the policy
+asks; the poisoning audit with training data. The model is loaded only after its file scan passed:
+loading a file that carries code would run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bastion.assess.gate.checks import ERROR, FAIL, PASS, SKIP, CheckOutcome, pct, skipped
+from bastion.assess.gate.policy import Policy
+from bastion.errors import BastionError, InputError
+
+#: progress callback over the whole assessment: (current check, units done, units in total)
+Progress = Callable[[str, float, float], None]
+
+#: budget -> (evaluation suite, most examples attacked, masking checks, most examples certified)
+BUDGETS: dict[str, tuple[str, int | None, bool, int]] = {
+    "fast": ("fast", 100, False, 50),
+    "standard": ("standard", 500, True, 200),
+    "thorough": ("thorough", None, True, 1000),
+}
+
+#: share of the progress bar each check takes (the attacks dominate the wall time)
+_WEIGHT = {"scan": 1.0, "signature": 1.0, "load": 1.0, "clean_accuracy": 1.0, "robust_accuracy": 20.0,
+           "certified_accuracy": 5.0, "poisoning": 4.0, "membership_inference": 0.5, "extraction": 0.5}
+
+NOT_IN_VERSION = "not available in this version of Bastion"
+
+
+@dataclass
+class Inputs:
+    """Files an assessment reads, and how to load them."""
+
+    model: Path
+    data: Path | None = None
+    train: Path | None = None
+    members: Path | None = None
+    non_members: Path | None = None
+    pub: Path | None = None
+    signature: Path | None = None
+    signed_dir: Path | None = None
+    factory: str | None = None
+    trust_pickle: bool = False
+    bounds: tuple[float, float] = (0.0, 1.0)
+    label_column: str = "label"
+    seed: int = 0
+    batch_size: int | None = None
+
+
+@dataclass
+class Assessment:
+    """Outcome of :func:`assess`: one line per check, what was read, and the evaluation behind the figures."""
+
+    outcomes: list[CheckOutcome]
+    policy: Policy
+    budget: str
+    provenance: dict[str, Any]
+    started: str
+    seconds: float
+    evaluation: Any = None  # bastion.assess.EvaluationResult when robustness ran
+    scan_findings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """``fail`` if any check failed, else ``error`` if any could not run, else ``pass``."""
+        verdicts = {o.verdict for o in self.outcomes}
+        if FAIL in verdicts:
+            return FAIL
+        return ERROR if ERROR in verdicts else PASS
+
+    @property
+    def exit_code(self) -> int:
+        return {PASS: 0, FAIL: 1, ERROR: 2}[self.verdict]
+
+    def outcome(self, check_id: str) -> CheckOutcome:
+        return next(o for o in self.outcomes if o.id == check_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        from bastion import __version__
+
+        counts = {v: sum(o.verdict == v for o in self.outcomes) for v in (PASS, FAIL, SKIP, ERROR)}
+        return {"verdict": self.verdict, "exit_code": self.exit_code, "counts": counts, "budget": self.budget,
+                "started": self.started, "seconds": round(self.seconds, 3), "bastion": __version__,
+                "policy": self.policy.to_dict(), "provenance": self.provenance,
+                "checks": [o.to_dict() for o in self.outcomes], "scan_findings": self.scan_findings}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assess(model: str | Path | Inputs, data: str | Path | None = None, *, policy: Policy | None = None,
+           budget: str = "standard", progress: Progress | None = None, **inputs: Any) -> Assessment:
+    """Run the checks that apply and score them against ``policy`` (defaults: :meth:`Policy.default`)."""
+    if budget not in BUDGETS:
+        raise InputError("budget", repr(budget), f"one of {', '.join(BUDGETS)}")
+    ins = model if isinstance(model, Inputs) else Inputs(model=Path(model), data=None if data is None else Path(data),
+                                                           **inputs)
+    return _Run(ins, policy or Policy.default(), budget, progress).run()
+
+
+class _Run:
+    def __init__(self, ins: Inputs, policy: Policy, budget: str, progress: Progress | None) -> None:
+        self.ins, self.policy, self.budget, self.progress = ins, policy, budget, progress
+        self.outcomes: list[CheckOutcome] = []
+        self.provenance: dict[str, Any] = {}
+        self.evaluation: Any = None
+        self.scan_findings: list[dict[str, Any]] = []
+        self.total = sum(_WEIGHT.values())
+        self.done = 0.0
+
+    # --- progress ---------------------------------------------------------------------------------
+    def tick(self, what: str, fraction: float = 0.0, key: str = "") -> None:
+        if self.progress is not None:
+            self.progress(what, self.done + fraction * _WEIGHT.get(key, 0.0), self.total)
+
+    def finish(self, key: str) -> None:
+        self.done += _WEIGHT[key]
+
+    def record(self, key: str, fn: Callable[[], CheckOutcome]) -> CheckOutcome:
+        self.tick(key.replace("_", " "), 0.0, key)
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        except BastionError as exc:
+            out = CheckOutcome(key, ERROR, f"could not run: {exc}")
+        out.seconds = out.seconds or time.perf_counter() - t0
+        self.outcomes.append(out)
+        self.finish(key)
+        return out
+
+    # --- the assessment ---------------------------------------------------------------------------
+    def run(self) -> Assessment:
+        started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        t0 = time.perf_counter()
+        ins = self.ins
+        self.provenance["model"] = self.describe_file(ins.model)
+        scan = self.record("scan", self.check_scan)
+        self.record("signature", self.check_signature)
+        model, why_not = None, ""
+        if scan.verdict != PASS:
+            why_not = "the file scan did not pass, so the model was not loaded (loading it could run the code found)"
+        else:
+            self.tick("loading the model", 0.0, "load")
+            try:
+                model = self.load_model()
+            except BastionError as exc:
+                why_not = f"the model could not be loaded: {exc}"
+        self.finish("load")
+        data = self.load_labelled("data", ins.data) if model is not None and ins.data is not None else None
+        for key, fn in (("clean_accuracy", self.check_clean), ("robust_accuracy", self.check_robust),
+                        ("certified_accuracy", self.check_certified)):
+            if model is None:
+                self.skip_or_error(key, why_not)
+            else:
+                self.record(key, lambda fn=fn: fn(model, data))  # type: ignore[misc]
+        if model is None:
+            self.skip_or_error("poisoning", why_not)
+        else:
+            self.record("poisoning", lambda: self.check_poisoning(model))
+        self.record("membership_inference", self.check_membership)
+        self.record("extraction", lambda: skipped("extraction", f"{NOT_IN_VERSION} (run `bastion attack` "
+                                                  "with an extraction attack by hand)"))
+        self.tick("done", 0.0)
+        return Assessment(self.outcomes, self.policy, self.budget, self.provenance, started,
+                          time.perf_counter() - t0, self.evaluation, self.scan_findings)
+
+    def skip_or_error(self, key: str, why_not: str) -> None:
+        # A model that failed its scan is a verdict (skip the rest); one that would not load is an error.
+        verdict = ERROR if why_not.startswith("the model could not") else SKIP
+        self.outcomes.append(CheckOutcome(key, verdict, why_not))
+        self.finish(key)
+
+    # --- loading ----------------------------------------------------------------------------------
+    def describe_file(self, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": str(path)}
+        if path.is_file():
+            out.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+        elif path.is_dir():
+            out["kind"] = "folder"
+        return out
+
+    def load_model(self) -> Any:
+        from bastion.core.loading import load_model
+
+        m = load_model(self.ins.model, factory=self.ins.factory, bounds=self.ins.bounds,
+                       trust_pickle=self.ins.trust_pickle)
+        self.provenance["model"].update(adapter=m.describe(), capabilities=m.capabilities.describe())
+        return m
+
+    def load_labelled(self, key: str, path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from bastion.datasets import load_data
+
+        try:
+            x, y = load_data(path, label_column=self.ins.label_column)
+        except BastionError as exc:
+            self.provenance[key] = {"path": str(path), "error": str(exc)}
+            return None
+        info = self.describe_file(path)
+        info.update(examples=int(x.shape[0]), input_shape=list(x.shape[1:]), labelled=y is not None)
+        if y is not None:
+            info["classes"] = {str(int(c)): int(n) for c, n in zip(*torch.unique(y, return_counts=True), strict=True)}
+        self.provenance[key] = info
+        return None if y is None else (x, y)
+
+    def data_problem(self, key: str) -> str:
+        info = self.provenance.get(key, {})
+        if "error" in info:
+            return f"could not run: {info['error']}"
+        return f"could not run: {self.ins.data}: has no labels (an .npz needs an array 'y')"
+
+    # --- checks -----------------------------------------------------------------------------------
+    def check_scan(self) -> CheckOutcome:
+        from bastion.scan import scan_path
+
+        report = scan_path(self.ins.model)
+        threshold = f"no finding >= {self.policy.scan_fail_on.name.lower()}"
+        self.scan_findings = [f.to_dict() for f in report.findings]
+        details = {"files_scanned": report.files_scanned, "counts": report.to_dict()["counts"],
+                   "errors": report.errors}
+        if report.errors:
+            return CheckOutcome("scan", ERROR, f"could not scan: {'; '.join(report.errors)}", threshold=threshold,
+                                details=details)
+        if report.files_scanned == 0:
+            return CheckOutcome("scan", ERROR, f"{self.ins.model} holds no files to scan", threshold=threshold)
+        failing = [f for f in report.findings if f.severity >= self.policy.scan_fail_on]
+        worst = report.max_severity
+        text = worst.name.lower() if worst is not None else "no findings"
+        if failing:
+            first = failing[0]
+            return CheckOutcome("scan", FAIL, f"{len(failing)} finding(s) at or above "
+                                f"{self.policy.scan_fail_on.name.lower()}, e.g. {first.rule_id}: {first.message}",
+                                figure=float(len(failing)), figure_text=f"worst: {text}", threshold=threshold,
+                                details=details)
+        return CheckOutcome("scan", PASS, f"{report.files_scanned} file(s) scanned, "
+                            f"{len(report.findings)} finding(s), none at or above the threshold",
+                            figure=0.0, figure_text=f"worst: {text}", threshold=threshold, details=details)
+
+    def check_signature(self) -> CheckOutcome:
+        mode = self.policy.signature
+        if mode == "off":
+            return skipped("signature", "the policy turns the signature check off (signature: off)")
+        folder = self.ins.signed_dir or (self.ins.model if self.ins.model.is_dir() else self.ins.model.parent)
+        threshold = f"valid signature ({mode})"
+        if self.ins.pub is None:
+            if mode == "required":
+                return CheckOutcome("signature", FAIL, "the policy requires a signature but no --pub key was given "
+                                    "to check it with", threshold=threshold)
+            return skipped("signature", "no --pub key given (the policy makes the signature optional)", threshold)
+        from bastion.sign import SIGNATURE_NAME, verify_model
+
+        sig = self.ins.signature or folder / SIGNATURE_NAME
+        if not sig.exists():
+            verdict = FAIL if mode == "required" else SKIP
+            return CheckOutcome("signature", verdict, f"no signature file {sig} (sign with `bastion sign {folder} "
+                                "--key KEY`)", threshold=threshold)
+        res = verify_model(folder, self.ins.pub, signature=sig)
+        self.provenance["signature"] = {"folder": str(folder), "signature": str(sig), "key_id": res.key_id,
+                                        "root_digest": res.root_digest, "format": res.format, "ok": res.ok}
+        if res.ok:
+            return CheckOutcome("signature", PASS, f"signature holds and all {res.files} file(s) match",
+                                figure=1.0, figure_text="valid", threshold=threshold, details=res.to_dict())
+        return CheckOutcome("signature", FAIL, "; ".join(res.reasons[:3]) or "the signature does not hold",
+                            figure=0.0, figure_text="invalid", threshold=threshold, details=res.to_dict())
+
+    def check_clean(self, model: Any, data: tuple[torch.Tensor, torch.Tensor] | None) -> CheckOutcome:
+        low = self.policy.clean_accuracy_min
+        if low is None:
+            return skipped("clean_accuracy", "the policy turns it off (clean_accuracy: null)")
+        if self.ins.data is None:
+            return skipped("clean_accuracy", "no test data given (--data)", f">= {low:g}")
+        if data is None:
+            return CheckOutcome("clean_accuracy", ERROR, self.data_problem("data"))
+        x, y = data
+        bs = self.ins.batch_size or 512
+        with torch.no_grad():
+            pred = torch.cat([model.predict(x[i:i + bs]).cpu() for i in range(0, x.shape[0], bs)])
+        acc = float((pred == y.cpu()).double().mean())
+        verdict = PASS if acc >= low else FAIL
+        return CheckOutcome("clean_accuracy", verdict, f"{pct(acc)} of {x.shape[0]} test examples classified "
+                            f"correctly ({'at or above' if verdict == PASS else 'below'} {pct(low)})",
+                            figure=acc, figure_text=pct(acc), threshold=f">= {low:g}",
+                            details={"examples": int(x.shape[0])})
+
+    def check_robust(self, model: Any, data: tuple[torch.Tensor, torch.Tensor] | None) -> CheckOutcome:
+        rule = self.policy.robust_accuracy
+        if rule is None:
+            return skipped("robust_accuracy", "the policy turns it off (robust_accuracy: null)")
+        threshold = f">= {rule.min:g} at {rule.norm} eps={rule.eps:g}"
+        if self.ins.data is None:
+            return skipped("robust_accuracy", "no test data given (--data)", threshold)
+        if data is None:
+            return CheckOutcome("robust_accuracy", ERROR, self.data_problem("data"), threshold=threshold)
+        from bastion.assess import evaluate
+        from bastion.core.adapters import Capability
+
+        suite, limit, masking, _ = BUDGETS[self.budget]
+        x, y = data
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            self.tick(f"robust accuracy: {what}", done / max(total, 1), "robust_accuracy")
+
+        res = evaluate(model, x, y, norm=rule.norm, epsilons=[rule.eps], suite=suite, seed=self.ins.seed,
+                       batch_size=self.ins.batch_size, checks=masking, keep_examples=8, progress=on_progress)
+        self.evaluation = res
+        acc = res.robust_accuracy[0]
+        white = Capability.GRADIENTS in model.capabilities
+        # The evaluator flags a figure that only black-box attacks produced; a newer result may say it directly.
+        upper = bool(getattr(res, "upper_bound", False) or getattr(res, "is_upper_bound", False)
+                     or any(f.check == "blackbox_only" for f in res.findings))
+        high = [f.check for f in res.findings if f.severity == "high"]
+        details = {"suite": suite, "examples": res.n_examples, "clean_accuracy": res.clean_accuracy,
+                   "family": "white-box" if white else "black-box", "upper_bound": upper,
+                   "masking_checks": masking, "findings": [f.to_dict() for f in res.findings],
+                   "attacks": [a.name for a in res.attacks]}
+        reasons = []
+        if acc < rule.min:
+            reasons.append(f"{pct(acc)} < {pct(rule.min)}")
+        if upper and not rule.allow_upper_bound:
+            reasons.append("only black-box attacks could run, so the figure is an upper bound "
+                           "(allow_upper_bound: true to accept it)")
+        if high and not rule.allow_masking:
+            reasons.append(f"gradient masking ({', '.join(high)}) makes the figure untrustworthy")
+        what = (f"{pct(acc)} of {res.n_examples} examples survive {', '.join(a.name for a in res.attacks)} "
+                f"({suite} suite, {details['family']})")
+        text = pct(acc) + (" (upper bound)" if upper else "")
+        if reasons:
+            return CheckOutcome("robust_accuracy", FAIL, f"{what}: {'; '.join(reasons)}", figure=acc,
+                                figure_text=text, threshold=threshold, details=details)
+        note = "" if masking else "; fast budget: gradient-masking checks not run"
+        return CheckOutcome("robust_accuracy", PASS, what + note, figure=acc, figure_text=text, threshold=threshold,
+                            details=details)
+
+    def check_certified(self, model: Any, data: tuple[torch.Tensor, torch.Tensor] | None) -> CheckOutcome:
+        rule = self.policy.certified_accuracy
+        if rule is None:
+            return skipped("certified_accuracy", "not asked for by the policy (certified_accuracy: null)")
+        threshold = f">= {rule.min:g} at L2 radius {rule.radius:g} (sigma {rule.sigma:g})"
+        if self.ins.data is None:
+            return skipped("certified_accuracy", "no test data given (--data)", threshold)
+        if data is None:
+            return CheckOutcome("certified_accuracy", ERROR, self.data_problem("data"), threshold=threshold)
+        from bastion.certify import Smoothed
+
+        x, y = data
+        x, y = x[:BUDGETS[self.budget][3]], y[:BUDGETS[self.budget][3]]
+        smoothed = Smoothed(model, rule.sigma, seed=self.ins.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = smoothed.certify(x, n0=rule.n0, n=rule.n, alpha=rule.alpha,
+                                   progress=lambda d, t: self.tick("certified accuracy", d / max(t, 1),
+                                                                   "certified_accuracy"))
+        acc = res.certified_accuracy(y, rule.radius)[0]
+        notes = [str(w.message) for w in caught]
+        verdict = PASS if acc >= rule.min else FAIL
+        return CheckOutcome("certified_accuracy", verdict,
+                            f"{pct(acc)} of {x.shape[0]} examples certified correct at radius {rule.radius:g} "
+                            f"(n={rule.n}, alpha={rule.alpha:g})" + (f"; {notes[0]}" if notes else ""),
+                            figure=acc, figure_text=pct(acc), threshold=threshold,
+                            details={"examples": int(x.shape[0]), "abstained": int(res.abstained.sum()),
+                                     "warnings": notes})
+
+    def check_poisoning(self, model: Any) -> CheckOutcome:
+        limit = self.policy.poisoning_max_flagged
+        if limit is None:
+            return skipped("poisoning", "the policy turns it off (poisoning: null)")
+        threshold = f"<= {limit:g} flagged"
+        if self.ins.train is None:
+            return skipped("poisoning", "no training data given (--train)", threshold)
+        try:
+            from bastion.detect import Spectre
+        except ImportError:
+            return skipped("poisoning", NOT_IN_VERSION, threshold)
+        data = self.load_labelled("train", self.ins.train)
+        if data is None:
+            return CheckOutcome("poisoning", ERROR, self.data_problem("train"), threshold=threshold)
+        self.tick("poisoning audit (Spectre)", 0.1, "poisoning")
+        try:
+            det = Spectre(seed=self.ins.seed)
+            det.fit(model, data[0], data[1])
+        except InputError as exc:
+            if exc.argument == "model":
+                return skipped("poisoning", f"the detector needs a PyTorch model ({exc})", threshold)
+            raise
+        flagged = float(det.labels_.mean())
+        verdict = PASS if flagged <= limit else FAIL
+        return CheckOutcome("poisoning", verdict, f"Spectre flags {pct(flagged)} of {len(det.labels_)} training "
+                            f"records (about {pct(det.max_fpr)} expected on clean data)", figure=flagged,
+                            figure_text=pct(flagged), threshold=threshold,
+                            details={"records": len(det.labels_), "flagged": int(det.labels_.sum()),
+                                     "detector": "Spectre", "max_fpr": det.max_fpr})
+
+    def check_membership(self) -> CheckOutcome:
+        limit = self.policy.mia_auc_max
+        if limit is None:
+            return skipped("membership_inference", "the policy turns it off (mia_auc: null)")
+        threshold = f"AUC <= {limit:g}"
+        if self.ins.members is None or self.ins.non_members is None:
+            return skipped("membership_inference", "needs --members and --non-members", threshold)
+        return skipped("membership_inference", NOT_IN_VERSION, threshold)
