@@ -7,14 +7,17 @@ import typer
 from bastion.cli import (
     assess_cmd,
     attack_cmd,
+    audit_cmd,
     certify_cmd,
     convert_cmd,
     demo_cmd,
     evaluate_cmd,
     harden_cmd,
+    keys_cmd,
     monitor_cmd,
     registry_cmd,
     scan_cmd,
+    serve_cmd,
     sign_cmd,
 )
 
@@ -43,6 +46,9 @@ COMMAND_MODULES = (
     certify_cmd,
     monitor_cmd,
     registry_cmd,
+    serve_cmd,
+    keys_cmd,
+    audit_cmd,
 )
 for module in COMMAND_MODULES:
     module.register(app)

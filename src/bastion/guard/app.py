@@ -1,0 +1,294 @@
+"""The gateway: a FastAPI app in which every inference request is authenticated, rate-limited, validated,
+screened by detectors, answered through the key's output policy, and audited before it is answered.
+
+Request path cost is kept off thread pools: handlers are ``async`` and run the (small) model inline; only
+the audit writer is a thread, shared by all requests of the process (group commit, see :mod:`.audit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from bastion.core.adapters import Model
+from bastion.guard.audit import AuditLog
+from bastion.guard.config import GuardConfig
+from bastion.guard.detectors import Detector, to_probs
+from bastion.guard.keys import Authenticator, KeyInfo, KeyStore
+from bastion.guard.ratelimit import Limit, RateLimiter
+from bastion.guard.schemas import ERRORS, InferRequest, InferResponse, ModelMetadata
+from bastion.guard.spec import InputSpec, RequestRejected
+
+
+@dataclass
+class Gateway:
+    """Everything one worker needs to serve: the model and the guards around it."""
+
+    model: Model
+    spec: InputSpec
+    config: GuardConfig
+    keys: KeyStore
+    limiter: RateLimiter
+    audit: AuditLog
+    model_name: str
+    model_version: str
+    detectors: list[Detector] = field(default_factory=list)
+    auth: Authenticator | None = None
+
+    def __post_init__(self) -> None:
+        if self.auth is None:
+            self.auth = Authenticator(self.keys)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bastion_guard_requests", "Inference requests by decision", ["decision"],
+                                registry=self.registry)
+        self.latency = Histogram("bastion_guard_latency_seconds", "Time in the gateway per inference request",
+                                 registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.detections = Counter("bastion_guard_detections", "Detector firings by detector and action",
+                                  ["detector", "action"], registry=self.registry)
+
+
+class _BodyLimit:
+    """Refuse bodies over the limit from Content-Length, before anything is read or parsed."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                body = RequestRejected(413, "request too large", "body", f"{length.decode(errors='replace')} bytes",
+                                       f"at most {self.limit} bytes").body()
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def input_digest(x: np.ndarray) -> str:
+    """SHA-256 of the canonical tensor bytes: little-endian float32, C order, shape prefixed."""
+    arr = np.ascontiguousarray(x, dtype="<f4")
+    return hashlib.sha256(json.dumps(list(arr.shape)).encode() + b"\n" + arr.tobytes()).hexdigest()
+
+
+def _presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    """The FastAPI app serving ``gw`` (KServe v2 endpoints, /metrics, OpenAPI at /openapi.json)."""
+    metrics = _Metrics()
+    gw.audit.start()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        gw.audit.stop()
+
+    app = FastAPI(title="Bastion guarded inference gateway", version="2", lifespan=lifespan,
+                  description="Open Inference Protocol (KServe v2) with API keys, rate limits, input validation, "
+                              "detectors and a tamper-evident audit log.")
+    app.state.gateway = gw
+
+    async def record(request: Request, status: int, decision: str, reason: str | None = None,
+                     output: Any = None) -> int:
+        st = request.state
+        entry = {"request_id": getattr(st, "request_id", None) or uuid.uuid4().hex,
+                 "key_id": getattr(st, "key_id", None),
+                 "client": request.client.host if request.client else "",
+                 "model_name": gw.model_name, "model_version": gw.model_version,
+                 "input_sha256": getattr(st, "digest", None), "input_data": getattr(st, "input_data", None),
+                 "output": None if output is None else json.dumps(output, separators=(",", ":")),
+                 "decision": decision, "status": status, "reason": reason,
+                 "scores": json.dumps(getattr(st, "scores", None)) if getattr(st, "scores", None) else None,
+                 "latency_ms": (time.perf_counter() - getattr(st, "t0", time.perf_counter())) * 1000}
+        metrics.requests.labels(decision).inc()
+        return await gw.audit.append(entry)
+
+    def _is_infer(request: Request) -> bool:
+        return request.url.path.endswith("/infer")
+
+    @app.exception_handler(RequestRejected)
+    async def rejected(request: Request, exc: RequestRejected) -> JSONResponse:
+        headers = dict(exc.headers)
+        if _is_infer(request):
+            try:
+                seq = await record(request, exc.status, _decision(exc), exc.reason or exc.error)
+                headers["X-Audit-Seq"] = str(seq)
+            except Exception:
+                return JSONResponse({"error": "audit log unavailable"}, status_code=503)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field_name = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or "body"
+        given = first.get("input")
+        rej = RequestRejected(422, "malformed request", field_name, "missing" if first.get("type") == "missing"
+                              else json.dumps(given, default=str)[:200], first.get("msg", "a valid request body"))
+        return await rejected(request, rej)
+
+    def require(scope: str) -> Callable[[Request], KeyInfo]:
+        def dependency(request: Request) -> KeyInfo:
+            request.state.t0 = time.perf_counter()
+            presented = _presented_key(request)
+            if not presented:
+                raise RequestRejected(401, "missing API key", "Authorization", "no key",
+                                      "'Authorization: Bearer bst_...' or 'X-API-Key: bst_...'",
+                                      headers={"WWW-Authenticate": "Bearer"})
+            assert gw.auth is not None
+            info = gw.auth.authenticate(presented)
+            if info is None:
+                raise RequestRejected(401, "invalid or revoked API key", "Authorization", "an unknown key",
+                                      "a current key from `bastion keys create`", headers={"WWW-Authenticate": "Bearer"})
+            request.state.key_id = info.key_id
+            if scope not in info.scopes and "admin" not in info.scopes:
+                raise RequestRejected(403, "key lacks the scope", "scope", ",".join(info.scopes), scope,
+                                      reason="scope")
+            return info
+        return dependency
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2", tags=["health"])
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "bastion-guard", "version": "2", "extensions": ["bastion-audit"]}
+
+    def _check_name(name: str) -> None:
+        if name != gw.model_name:
+            raise RequestRejected(404, "unknown model", "model_name", name, gw.model_name)
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS, tags=["inference"])
+    async def metadata(name: str, key: KeyInfo = Depends(require("infer"))) -> dict[str, Any]:
+        _check_name(name)
+        return {"name": gw.model_name, "versions": [gw.model_version], "platform": gw.model.kind,
+                "inputs": [gw.spec.metadata()],
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, gw.model.num_classes or -1]},
+                            {"name": "label", "datatype": "INT64", "shape": [-1]}],
+                "parameters": {"output_policy": key.output_policy or gw.config.output_policy,
+                               "detectors": [d.describe() for d in gw.detectors]}}
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["inference"])
+    async def infer(name: str, body: InferRequest, request: Request,
+                    key: KeyInfo = Depends(require("infer"))) -> JSONResponse:
+        request.state.request_id = body.id or uuid.uuid4().hex
+        _check_name(name)
+        cost = body.inputs[0].shape[0] if body.inputs and body.inputs[0].shape else 1
+        limit = Limit(key.rate if key.rate is not None else gw.config.rate,
+                      key.burst if key.burst is not None else gw.config.burst,
+                      key.daily_budget if key.daily_budget is not None else gw.config.daily_budget)
+        verdict = gw.limiter.check(key.key_id, limit, max(1, min(int(cost), gw.spec.max_batch)))
+        if not verdict.allowed:
+            raise RequestRejected(429, "too many requests", "key", key.key_id,
+                                  f"at most {limit.rate}/s (burst {limit.burst})" if verdict.reason == "rate-limit"
+                                  else f"at most {limit.daily_budget} examples per UTC day", reason=verdict.reason,
+                                  headers={"Retry-After": str(max(1, int(np.ceil(verdict.retry_after))))})
+        arr = gw.spec.parse(body.inputs)
+        request.state.digest = input_digest(arr)
+        if gw.config.store_inputs:
+            request.state.input_data = json.dumps(arr.tolist())
+        x = torch.from_numpy(arr)
+        with torch.no_grad():
+            scores = gw.model.scores(x).float()
+        probs = to_probs(scores)
+        fired: list[Detector] = []
+        all_scores: dict[str, float] = {}
+        for det in gw.detectors:
+            s = det.score(gw.model, x, probs, key.key_id)
+            all_scores[det.kind] = round(float(np.max(s)), 6)
+            if det.fires(s):
+                fired.append(det)
+                metrics.detections.labels(det.kind, det.action).inc()
+        request.state.scores = all_scores
+        rejecting = [d for d in fired if d.action == "reject"]
+        if rejecting:
+            raise RequestRejected(403, "input rejected by a detector", reason=f"detector:{rejecting[0].kind}")
+        from bastion.defenses.coarsening import OutputPolicy, apply_output_policy
+
+        policy = OutputPolicy(**(key.output_policy or gw.config.output_policy))
+        shown = apply_output_policy(probs, policy)
+        labels = probs.argmax(1).tolist()
+        flags = [d.kind for d in fired if d.action == "flag"]
+        decision = "flag" if flags else "allow"
+        data = [float(v) for v in shown.flatten().tolist()]
+        output = {"label": labels, "probabilities": data}
+        try:
+            seq = await record(request, 200, decision, ",".join(flags) or None, output)
+        except Exception:
+            return JSONResponse({"error": "audit log unavailable"}, status_code=503)
+        metrics.latency.observe(time.perf_counter() - request.state.t0)
+        resp = {"model_name": gw.model_name, "model_version": gw.model_version, "id": request.state.request_id,
+                "outputs": [{"name": "probabilities", "shape": list(shown.shape), "datatype": "FP32", "data": data},
+                            {"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
+                "parameters": {"audit_seq": seq, "decision": decision, "flags": flags,
+                               "output_policy": policy.describe()}}
+        return JSONResponse(resp, headers={"X-Audit-Seq": str(seq)})
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/audit/records", responses=ERRORS, tags=["audit"])
+    async def audit_records(since: str | None = None, limit: int = 100,
+                            _key: KeyInfo = Depends(require("read-audit"))) -> list[dict[str, Any]]:
+        from bastion.errors import InputError
+        from bastion.guard.audit import _rows, normalise_time
+
+        try:
+            since = None if since is None else normalise_time(since)
+        except InputError:
+            raise RequestRejected(400, "invalid query", "since", since, "an ISO 8601 time") from None
+        out = []
+        for row in _rows(gw.audit.engine, since):
+            out.append(row)
+            if len(out) >= max(1, min(limit, 10_000)):
+                break
+        return out
+
+    @app.post("/admin/keys/{key_id}/revoke", responses=ERRORS, tags=["admin"])
+    async def revoke(key_id: str, _key: KeyInfo = Depends(require("admin"))) -> dict[str, Any]:
+        from bastion.errors import InputError
+
+        try:
+            return gw.keys.revoke(key_id).to_dict()
+        except InputError:
+            raise RequestRejected(404, "unknown key", "key_id", key_id, "the id of an existing key") from None
+
+    app.add_middleware(_BodyLimit, limit=gw.config.max_body_bytes)
+    return app
+
+
+def _decision(exc: RequestRejected) -> str:
+    return {400: "invalid", 401: "unauthenticated", 403: "reject" if (exc.reason or "").startswith("detector")
+            else "forbidden", 404: "unknown-model", 413: "invalid", 422: "invalid", 429: "throttled"}.get(
+                exc.status, "error")

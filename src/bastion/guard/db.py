@@ -1,0 +1,152 @@
+"""The gateway's store: API keys, audit records and signed checkpoints in one SQLAlchemy database.
+
+SQLite (the default, a file next to the model; no server) runs in WAL mode with ``synchronous=FULL``, so a
+commit is durable when it returns; PostgreSQL is used by URL (``postgresql+psycopg://...``). The schema is
+created and upgraded by the Alembic migrations shipped in this package (:func:`migrate`), never by
+``create_all``, so a database written by an older Bastion is upgraded in place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bastion.errors import InputError
+
+#: seconds a SQLite writer waits for another process's write lock before failing
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "guard_api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[str] = mapped_column(String(200))  # comma-separated
+    salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rate: Mapped[float | None] = mapped_column(Float, nullable=True)  # requests per second
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    output_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class AuditRecord(Base):
+    __tablename__ = "guard_audit"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[str] = mapped_column(String(40))  # ISO 8601 UTC, hashed as written
+    request_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    client: Mapped[str] = mapped_column(String(100))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(100))
+    input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_data: Mapped[str | None] = mapped_column(Text, nullable=True)  # opt-in
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    decision: Mapped[str] = mapped_column(String(40))
+    status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    scores: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {detector: score}
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ChainHead(Base):
+    """One row: the chain's last sequence number and hash. Writers lock it to append in order."""
+
+    __tablename__ = "guard_audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Checkpoint(Base):
+    __tablename__ = "guard_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)  # base64
+
+
+def default_url(model_path: str | Path) -> str:
+    """``sqlite:///<model>.audit.db`` next to the model file."""
+    p = Path(model_path)
+    return f"sqlite:///{p.with_name(p.name + '.audit.db')}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` (a SQLite file path is accepted as is), SQLite tuned for durable WAL commits."""
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if not url.startswith(("sqlite", "postgresql")):
+        raise InputError("db", url, "a database URL: sqlite:///path.db or postgresql+psycopg://user@host/db")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        _tune_sqlite(engine)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN; let SQLAlchemy's events issue it instead.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit that returned survives power loss (WAL + NORMAL may lose the last commits).
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read lock.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to the newest migration shipped with Bastion."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()
