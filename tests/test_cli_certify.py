@@ -105,20 +105,37 @@ def test_missing_files_and_unlabelled_data_exit_two(files: tuple[Path, Path], tm
     assert code == 2 and "labels" in out
 
 
-def test_ibp_on_a_traced_cnn_says_what_to_do_instead(tmp_path: Path) -> None:
-    """A traced Conv2d (as `bastion demo` saves it) hides its stride and padding: exit 2, never a traceback."""
+def test_ibp_reads_a_traced_cnn_as_its_layers(tmp_path: Path) -> None:
+    """A traced CNN (as `bastion demo` saves it) certifies exactly as the network it was traced from."""
     import bastion as bn
+    from bastion.certify import ibp_certify
 
     torch.manual_seed(0)
     model_path, data_path = tmp_path / "cnn.pt", tmp_path / "d.npz"
     net = bn.zoo.SmallCNN(1, 10, 8, width=4).eval()
     torch.jit.trace(net, torch.rand(1, 1, 8, 8)).save(str(model_path))
+    x = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)).argmax(1).numpy()  # labels it gets right, so certificates can hold
+    np.savez(data_path, x=x, y=y)
+    res = CliRunner().invoke(app, ["certify", "--model", str(model_path), "--data", str(data_path),
+                                   "--method", "ibp", "--eps", "0,0.001,0.01", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)["certified_accuracy"]
+    want = [float(ibp_certify(net, torch.from_numpy(x), torch.from_numpy(y), e).double().mean())
+            for e in (0.0, 0.001, 0.01)]
+    assert got == want and got[0] == 1.0  # eps 0: every correctly classified example is certified
+
+
+def test_ibp_on_a_traced_layer_it_cannot_bound_says_what_to_do_instead(tmp_path: Path) -> None:
+    model_path, data_path = tmp_path / "up.pt", tmp_path / "d.npz"
+    net = torch.nn.Sequential(torch.nn.ConvTranspose2d(1, 2, 2), torch.nn.Flatten(), torch.nn.Linear(162, 10)).eval()
+    torch.jit.trace(net, torch.rand(1, 1, 8, 8)).save(str(model_path))
     np.savez(data_path, x=np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32), y=np.arange(4))
     res = CliRunner().invoke(app, ["certify", "--model", str(model_path), "--data", str(data_path),
                                    "--method", "ibp", "--eps", "0.05"])
     assert res.exit_code == 2, res.output
-    assert "--factory" in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "layer '0'" in res.output and "Traceback" not in res.output
 
 
 def test_labels_and_shapes_the_model_cannot_take_exit_two(files: tuple[Path, Path], tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import io
 import json
 import re
@@ -14,6 +16,7 @@ from torch import nn
 
 import bastion as bn
 from bastion.assess.plots import largest_changes, robustness_curve_svg
+from bastion.assess.result import EvaluationResult, provenance, robustness_gate, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,8 @@ def test_json_round_trip(image_result: bn.assess.EvaluationResult, tmp_path: Pat
     assert json.loads(json.dumps(data)) == data
     paths = image_result.save(tmp_path / "out")
     assert {p.name for p in paths.values()} == {"report.html", "report.md", "result.json"}
-    assert json.loads(paths["json"].read_text()) == data
+    # result.json also keeps the kept examples' pixels (8x8 digits are small), so reports can be redrawn.
+    assert json.loads(paths["json"].read_text()) == json.loads(image_result.to_json(with_arrays=True))
 
 
 def _pngs(html: str) -> list[Image.Image]:
@@ -93,3 +97,64 @@ def test_svg_points_follow_the_curve() -> None:
     # Clean (1.0) at the top, 50 % in the middle, 0 % at the bottom: y grows as accuracy falls.
     assert len(ys) == 3 and ys[0] < ys[1] < ys[2]
     assert ys[1] == pytest.approx((ys[0] + ys[2]) / 2)
+
+
+def test_gate_checks_every_epsilon_and_the_masking_findings() -> None:
+    high = [bn.assess.Finding("unbounded_attack_fails", "high", "m")]
+    gate = robustness_gate(["0.1", "0.2"], [0.6, 0.4], [], 0.5)
+    assert gate["verdict"] == "FAIL" and [c["result"] for c in gate["checks"]] == ["PASS", "FAIL", "PASS"]
+    assert robustness_gate(["0.1"], [0.6], [], 0.5)["verdict"] == "PASS"
+    assert robustness_gate(["0.1"], [0.6], high, 0.5)["verdict"] == "FAIL"
+    assert robustness_gate(["0.1"], [0.6], high, 0.5, allow_masking=True)["verdict"] == "PASS"
+    assert robustness_gate(["0.1"], [0.0], high, None) == {"verdict": "NO GATE", "min_robust_accuracy": None,
+                                                            "allow_masking": False, "checks": []}
+
+
+def test_reports_state_verdict_files_command_version_and_time(image_result: bn.assess.EvaluationResult,
+                                                               tmp_path: Path) -> None:
+    model, data = tmp_path / "m.pt", tmp_path / "d.npz"
+    model.write_bytes(b"model bytes")
+    data.write_bytes(b"data bytes")
+    res = EvaluationResult.from_dict(json.loads(image_result.to_json(with_arrays=True)))
+    res.gate = robustness_gate(res.epsilon_labels, res.robust_accuracy, res.findings, 0.99)
+    res.provenance = provenance(model, data, ["bastion", "evaluate", "--model", "m p.pt"])
+    paths = res.save(tmp_path / "out")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["verdict"] == "FAIL" and saved["gate"]["min_robust_accuracy"] == 0.99
+    assert saved["provenance"]["model"]["sha256"] == hashlib.sha256(b"model bytes").hexdigest()
+    assert saved["provenance"]["data"]["sha256"] == hashlib.sha256(b"data bytes").hexdigest()
+    assert saved["provenance"]["command"] == "bastion evaluate --model 'm p.pt'"
+    assert saved["provenance"]["bastion_version"] == bn.__version__
+    created = datetime.datetime.fromisoformat(saved["provenance"]["created"])
+    assert created.utcoffset() == datetime.timedelta(0)
+    md, html = paths["markdown"].read_text(), paths["html"].read_text()
+    for text in (md, html):
+        assert "FAIL" in text and "0.99" in text and hashlib.sha256(b"model bytes").hexdigest() in text
+        assert hashlib.sha256(b"data bytes").hexdigest() in text and saved["provenance"]["created"] in text
+        assert bn.__version__ in text and "m.pt" in text and "d.npz" in text
+    assert "## Verdict: **FAIL**" in md
+    assert "| robust accuracy at ε=0.1 | >= 0.99 |" in md
+    # A folder's digest covers its files' names and contents.
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "a").write_bytes(b"1")
+    before = sha256_of(tmp_path / "f")
+    (tmp_path / "f" / "a").write_bytes(b"2")
+    assert sha256_of(tmp_path / "f") != before
+
+
+def test_report_without_gate_says_it_clears_nothing(image_result: bn.assess.EvaluationResult) -> None:
+    from bastion.assess.report_markdown import render_markdown
+
+    md = render_markdown(image_result)
+    assert "## Verdict: **NO GATE**" in md and "does not clear the model" in md
+    assert "not recorded (an in-memory model)" in md
+
+
+def test_result_round_trips_through_json(image_result: bn.assess.EvaluationResult) -> None:
+    back = EvaluationResult.from_dict(json.loads(image_result.to_json(with_arrays=True)))
+    assert back.to_dict(with_arrays=True) == json.loads(image_result.to_json(with_arrays=True))
+    from bastion.assess.report_markdown import render_markdown
+
+    assert render_markdown(back) == render_markdown(image_result)
+    with pytest.raises(bn.errors.InputError, match=r"result\.json"):
+        EvaluationResult.from_dict({"norm": "linf"})

@@ -54,4 +54,5 @@ def render_html(result: EvaluationResult) -> str:
     svg = robustness_curve_svg(result.epsilons, result.robust_accuracy, result.clean_accuracy, result.norm)
     settings = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in data["settings"].items()]
     return _template().render(r=data, svg=svg, images=images, examples=examples, settings=settings,
-                              version=__version__, pct=lambda v: f"{100 * v:.1f} %")
+                              prov=data.get("provenance") or {}, version=__version__,
+                              pct=lambda v: f"{100 * v:.1f} %")

@@ -12,18 +12,18 @@ from typing import Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bastion.cli.common import (
     EXIT_OK,
     FACTORY_HELP,
-    check_output_file,
     handle_errors,
+    make_console,
     print_json,
     progress_bar,
 )
 from bastion.cli.evaluate_cmd import load_inputs, parse_bounds, parse_eps
+from bastion.cli.paths import atomic_path, check_output
 
 ATTACK_HELP = "pgd | fgsm | apgd | apgd-t | fab | cw | deepfool | square | hsj"
 
@@ -79,7 +79,7 @@ def attack_command(
     if out is not None and out.suffix.lower() != ".npz":
         raise InputError("--out", str(out), "a path ending in .npz")
     if out is not None:
-        check_output_file(out, "--out", force=force, inputs=(model, data))
+        out = check_output(out, inputs=(model, data), force=force, what="--out")
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=parse_bounds(bounds),
                             limit=limit, label_column=label_column)
     num_classes = net.probe(x.to(net.device), "--data") or net.infer_num_classes(x.to(net.device))
@@ -104,7 +104,7 @@ def attack_command(
                                    "out": str(out) if out is not None else None}
         print_json(summary)
     else:
-        console = Console()
+        console = make_console()
         table = Table(title=f"{atk.name} ({geometry.name}) on {x.shape[0]} examples, clean accuracy {clean:.1%}")
         table.add_column("ε")
         table.add_column("success rate", justify="right")
@@ -119,11 +119,12 @@ def attack_command(
 
 
 def _save(path: Path, res: Any, y: Any, values: list[float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     clipped = [c.detach().cpu().numpy() for c in res.clipped]
     success = res.success.detach().cpu().numpy()
-    if len(values) == 1:
-        np.savez_compressed(path, x_adv=clipped[0], x=clipped[0], success=success[0], y=y.numpy(),
-                            epsilons=np.asarray(values))
-    else:
-        np.savez_compressed(path, x_adv=np.stack(clipped), success=success, y=y.numpy(), epsilons=np.asarray(values))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        if len(values) == 1:
+            np.savez_compressed(fh, x_adv=clipped[0], x=clipped[0], success=success[0], y=y.numpy(),
+                                epsilons=np.asarray(values))
+        else:
+            np.savez_compressed(fh, x_adv=np.stack(clipped), success=success, y=y.numpy(),
+                                epsilons=np.asarray(values))

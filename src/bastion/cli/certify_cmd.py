@@ -7,6 +7,7 @@ certified accuracy meets ``--min-certified-accuracy`` at every radius, 1 it does
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from bastion.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     FACTORY_HELP,
+    err_console,
     handle_errors,
     parse_floats,
     parse_shape,
@@ -32,6 +34,8 @@ METHODS = ("smoothing", "ibp")
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0"
 #: examples per IBP batch (one progress step each)
 IBP_BATCH = 256
+#: runs expected to take longer than this (seconds) get a warning with the estimate before they start
+WARN_SECONDS = 60.0
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +65,38 @@ def _run_smoothing(model: Any, x: torch.Tensor, y: torch.Tensor, radii: list[flo
                                                        "radius": result.radius.tolist()}}
 
 
+def _estimate_smoothing(model: Any, x: torch.Tensor, *, n0: int, n: int, batch_size: int) -> float:
+    """Seconds randomized smoothing will take, from the time of one batch of noisy inputs measured here."""
+    import torch
+
+    batch = min(batch_size, n0 + n)
+    noisy = x[:1].to(model.device).expand(batch, *x.shape[1:]).contiguous()
+    with torch.no_grad():
+        model.scores(noisy[:2])  # first call pays one-off costs (TorchScript optimisation, allocation)
+        t0 = time.perf_counter()
+        model.scores(noisy)
+        per_batch = time.perf_counter() - t0
+    return float(x.shape[0] * math.ceil((n0 + n) / batch) * per_batch)
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _warn_if_long(seconds: float, examples: int, n: int) -> None:
+    if seconds <= WARN_SECONDS:
+        return
+    quick = max(100, int(n * WARN_SECONDS / seconds) // 100 * 100)
+    err_console.print(f"[yellow]warning:[/] this certification will take about {_format_duration(seconds)} "
+                      f"({examples} examples x {n:,} noisy draws, timed on this machine); --n {quick} or "
+                      "--limit makes it about a minute (smaller n certifies smaller radii)",
+                      highlight=False, soft_wrap=True)
+
+
 def _run_ibp(model: Any, x: torch.Tensor, y: torch.Tensor, epsilons: list[float], *, bounds: tuple[float, float],
              show_progress: bool) -> dict[str, Any]:
     import torch
@@ -71,6 +107,11 @@ def _run_ibp(model: Any, x: torch.Tensor, y: torch.Tensor, epsilons: list[float]
     if not isinstance(module, torch.nn.Module):
         raise InputError("--method ibp", f"a {model.kind} model", "a PyTorch model (TorchScript, or safetensors "
                          "with --factory); use --method smoothing for other models")
+    if isinstance(module, torch.jit.ScriptModule):
+        from bastion import wrap
+        from bastion.cli.torchscript_layers import untrace
+
+        model = wrap(untrace(module, x[:8].to(model.device)), bounds=bounds)
     t0 = time.perf_counter()
     masks = []
     with progress_bar(show_progress) as bar:
@@ -185,6 +226,7 @@ def certify(
 
     show = not json_out
     if method == "smoothing":
+        _warn_if_long(_estimate_smoothing(m, x, n0=n0, n=n, batch_size=batch_size), int(x.shape[0]), n)
         report = _run_smoothing(m, x, y, levels, sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                 precision=precision, seed=seed, show_progress=show)
     else:

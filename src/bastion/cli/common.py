@@ -35,7 +35,19 @@ EXIT_ERROR = 2  # the check could not run: bad file, bad arguments
 FACTORY_HELP = ("module:Factory building the architecture of a safetensors file, with literal arguments if it "
                 "needs them, e.g. 'bastion.zoo:SmallCNN(1, 10, 8)'.")
 
-err_console = Console(stderr=True)
+def make_console(stderr: bool = False) -> Console:
+    """A Rich console that never wraps a line when its output is piped or redirected.
+
+    Rich assumes 80 columns without a terminal and breaks long lines (a command to copy, a path) in the
+    middle; a log or a pipe has no width, so lines are left whole there.
+    """
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=max(console.width, 1000), soft_wrap=True)
+    return console
+
+
+err_console = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -107,6 +119,11 @@ def _as_option(exc: BaseException, params: dict[str, Any]) -> str:
             .replace(" (pass weights_only=False for estimators)", ""))
 
 
+def command_line() -> list[str]:
+    """The command as the user typed it (program name without its folder), for reports."""
+    return [Path(sys.argv[0]).name or "bastion", *sys.argv[1:]]
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
@@ -164,20 +181,13 @@ def check_output_folder(path: Path, argument: str) -> None:
 
 
 def check_output_file(path: Path, argument: str, *, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
-    """Refuse to overwrite an input, or an existing file without ``--force``; create the parent folder."""
-    from bastion.errors import InputError
+    """Refuse to overwrite an input, or an existing file without ``--force``; create the parent folder.
 
-    for other in inputs:
-        if other is not None and other.exists() and path.exists() and path.resolve() == other.resolve():
-            raise InputError(argument, str(path), "a new file, not one of the inputs (it would be overwritten)")
-    if path.is_dir():
-        raise InputError(argument, f"{path}, a folder", "a file path")
-    if path.exists() and not force:
-        raise InputError(argument, f"{path}, which exists", "a new path, or --force to overwrite it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(argument, str(path), f"a path whose folder can be created ({exc.strerror or exc})") from None
+    Kept for commands written before :mod:`bastion.cli.paths`; it is :func:`bastion.cli.paths.check_output`.
+    """
+    from bastion.cli.paths import check_output
+
+    check_output(path, inputs=inputs, force=force, what=argument)
 
 
 @contextmanager

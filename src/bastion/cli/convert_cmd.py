@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from bastion.cli.common import EXIT_ERROR, EXIT_FAILED, EXIT_OK, fail, handle_errors, print_json
+from bastion.cli.paths import atomic_path, check_output
 from bastion.errors import InputError
 
 #: keys under which training scripts commonly nest the weights of a checkpoint
@@ -75,8 +76,8 @@ def register(app: typer.Typer) -> None:
             fail(f"OUT: got {dst.name!r}, expected a file name ending in .safetensors", EXIT_ERROR)
         if not dst.parent.is_dir():
             fail(f"OUT: folder {dst.parent} does not exist", EXIT_ERROR)
-        if dst.exists() and not force:
-            fail(f"OUT: {dst} exists; pass --force to overwrite", EXIT_ERROR)
+        # Before the checkpoint is read: a path that cannot be written fails now, not after loading.
+        dst = check_output(dst, inputs=(src,), force=force, what="OUT")
         try:
             obj = safe_load(src, weights_only=True)
         except UnsafeModelError as exc:
@@ -85,7 +86,8 @@ def register(app: typer.Typer) -> None:
         # safetensors refuses tensors sharing memory (tied weights, views): write each as its own copy
         out = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
         meta = {"format": "pt", "converted_by": "bastion"}
-        save_file(out, str(dst), metadata=meta)
+        with atomic_path(dst) as tmp:
+            save_file(out, str(tmp), metadata=meta)
         size = dst.stat().st_size
         summary = {"input": str(src), "output": str(dst), "tensors": len(out), "bytes": size,
                    "state_dict_key": found_at or None}

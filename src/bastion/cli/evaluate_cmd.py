@@ -11,28 +11,35 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bastion.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     FACTORY_HELP,
-    check_output_folder,
+    command_line,
     handle_errors,
+    make_console,
     parse_floats,
     print_json,
     progress_bar,
 )
+from bastion.cli.paths import check_outputs
 from bastion.errors import DataLoadError, InputError
+
+#: files ``--report`` writes
+REPORT_FILES = ("report.html", "report.md", "result.json")
 
 SUITE_HELP = ("standard (default: AutoAttack-grade strength in a fifth of its time) | autoattack (its exact "
               "budgets, to compare with papers) | thorough | fast (screening only)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``bastion evaluate`` to the app."""
+    """Add ``bastion evaluate`` and ``bastion report`` (which rebuilds its reports) to the app."""
+    from bastion.cli import report_cmd
+
     app.command("evaluate")(evaluate_command)
+    report_cmd.register(app)
 
 
 def parse_eps(text: str) -> tuple[list[float], list[str]]:
@@ -85,7 +92,10 @@ def evaluate_command(
     min_robust_accuracy: float | None = typer.Option(None, "--min-robust-accuracy",
                                                      help="Fail (exit 1) if robust accuracy is below this "
                                                      "fraction at any epsilon."),
-    report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here."),
+    report: Path | None = typer.Option(None, "--report", help="Write report.html, report.md, result.json here "
+                                       "(each states the gate, the verdict, the files' SHA-256 and the command)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing report files (never the inputs).",
+                               metavar=""),
     factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle files (they can run code).", metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
@@ -113,6 +123,7 @@ def evaluate_command(
     untrustworthy (see --allow-masking); 2 could not run (bad file, bad arguments).
     """
     from bastion.assess import evaluate
+    from bastion.assess.result import provenance, robustness_gate
     from bastion.core.threat import get_norm
 
     geometry = get_norm(norm)
@@ -121,7 +132,7 @@ def evaluate_command(
     if min_robust_accuracy is not None and not 0.0 <= min_robust_accuracy <= 1.0:
         raise InputError("--min-robust-accuracy", min_robust_accuracy, "a fraction in [0, 1]")
     if report is not None:
-        check_output_folder(report, "--report")
+        check_outputs(report, REPORT_FILES, inputs=(model, data), force=force, what="--report")
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=lo_hi, limit=limit,
                             label_column=label_column)
     with progress_bar(not json_out) as bar:
@@ -132,13 +143,16 @@ def evaluate_command(
 
         result = evaluate(net, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed, batch_size=batch_size,
                           checks=checks, progress=on_progress, epsilon_labels=labels)
+    # A robust accuracy the masking checks call untrustworthy cannot clear a gate: it may be an artefact.
+    result.gate = robustness_gate(labels, result.robust_accuracy, result.findings, min_robust_accuracy,
+                                  allow_masking)
+    result.provenance = provenance(model, data, command_line())
     written = result.save(report) if report is not None else {}
     failed = [lab for lab, acc in zip(labels, result.robust_accuracy, strict=True)
               if min_robust_accuracy is not None and acc < min_robust_accuracy]
-    # A robust accuracy the masking checks call untrustworthy cannot clear a gate: it may be an artefact.
     untrusted = [f.check for f in result.findings if f.severity == "high"] \
         if min_robust_accuracy is not None and not allow_masking else []
-    passed = not failed and not untrusted
+    passed = result.verdict != "FAIL"
     if json_out:
         out: dict[str, Any] = {
             "clean_accuracy": result.clean_accuracy,
@@ -148,7 +162,8 @@ def evaluate_command(
             "attacks": [a.to_dict() for a in result.attacks],
             "seconds": round(result.timings["total"], 3),
             "min_robust_accuracy": min_robust_accuracy, "passed": passed, "failed_epsilons": failed,
-            "untrusted_because": untrusted,
+            "untrusted_because": untrusted, "verdict": result.verdict, "gate": result.gate,
+            "provenance": result.provenance,
             "report": {k: str(v) for k, v in written.items()},
         }
         print_json(out)
@@ -159,7 +174,7 @@ def evaluate_command(
 
 def _print_summary(result: Any, labels: list[str], threshold: float | None, failed: list[str],
                    written: dict[str, Path], untrusted: list[str]) -> None:
-    console = Console()
+    console = make_console()
     table = Table(title=f"Robust accuracy ({result.norm}, {result.n_examples} examples)")
     table.add_column("ε")
     table.add_column("robust accuracy", justify="right")

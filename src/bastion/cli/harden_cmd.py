@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # torch loads in seconds; only commands that need it pay for 
     from torch import nn
 
 from bastion.cli.common import handle_errors, parse_shape, print_json, progress_bar
+from bastion.cli.paths import atomic_path, check_output, write_text_atomic
 from bastion.errors import InputError
 
 #: CLI method names -> AdversarialTrainer methods
@@ -95,7 +96,14 @@ def _assess(module: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps:
                 "evaluated_with": f"PGD-{FALLBACK_PGD_STEPS} (bastion.evaluate unavailable)"}
 
 
-def _save(module: nn.Module, example: torch.Tensor, base: Path) -> dict[str, str]:
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files ``--out`` names: ``robust`` -> robust.pt, .safetensors, .md; ``robust.pt`` -> the same."""
+    base = out.with_suffix("") if out.suffix.lower() == ".pt" else out
+    return {"torchscript": base.with_name(base.name + ".pt"), "safetensors": base.with_name(base.name + ".safetensors"),
+            "report": base.with_name(base.name + ".md")}
+
+
+def _save(module: nn.Module, example: torch.Tensor, paths: dict[str, Path]) -> dict[str, str]:
     import torch
     from safetensors.torch import save_file
 
@@ -107,10 +115,12 @@ def _save(module: nn.Module, example: torch.Tensor, base: Path) -> dict[str, str
             scripted = torch.jit.script(module)
         except Exception:
             scripted = torch.jit.trace(module, example[:1].cpu())
-        pt = base.with_name(base.name + ".pt")
-        scripted.save(str(pt))
-    st = base.with_name(base.name + ".safetensors")
-    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(st))
+        pt = paths["torchscript"]
+        with atomic_path(pt) as tmp:
+            scripted.save(str(tmp))
+    st = paths["safetensors"]
+    with atomic_path(st) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
     return {"torchscript": str(pt), "safetensors": str(st)}
 
 
@@ -149,7 +159,8 @@ def _markdown(r: dict[str, Any]) -> str:
 def harden(
     data: Path = typer.Option(..., "--data", help="Labelled training data: .npz (x, y), .csv with a label column, "
                               "image folder."),
-    out: Path = typer.Option(..., "--out", help="Output base name: writes OUT.pt, OUT.safetensors and OUT.md."),
+    out: Path = typer.Option(..., "--out", help="Output model file or base name: robust.pt or robust writes "
+                             "robust.pt, robust.safetensors and robust.md."),
     test: Path | None = typer.Option(None, "--test", help="Labelled test data; default: hold out 20% of --data."),
     arch: str = typer.Option("smallcnn", "--arch", help="smallcnn, mlp, resnet18, or module:Factory "
                                 "with literal arguments if it needs them, e.g. 'mypkg.nets:Net(10, width=32)'."),
@@ -166,25 +177,28 @@ def harden(
     input_shape: str | None = typer.Option(None, "--input-shape", help="Reshape inputs, e.g. 1,8,8."),
     seed: int = typer.Option(0, "--seed", help="Random seed (split, initialisation, training)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout.", metavar=""),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files (never the inputs).",
+                               metavar=""),
 ) -> None:
     """Adversarially train a model and compare it with a normally trained one (clean and robust accuracy).
 
     Examples:
 
-      bastion harden --data train.npz --arch smallcnn --method pgd-at --eps 0.2 --epochs 10 --out models/robust
+      bastion harden --data train.npz --arch smallcnn --method pgd-at --eps 0.2 --epochs 10 --out models/robust.pt
 
       bastion harden --data train.npz --test test.npz --method trades --eps 0.1 --out robust --json
 
       bastion harden --data train.csv --arch mlp --method fgsm-rs --eps 0.1 --out tabular/robust
 
     Writes OUT.pt (TorchScript), OUT.safetensors and OUT.md (the before/after report); OUT's folder is
-    created if missing. Exit codes: 0 done; 2 could not run (bad file, bad arguments).
+    created if missing, existing files are kept unless --force. Exit codes: 0 done; 2 could not run (bad
+    file, bad arguments).
     """
     import torch
 
     import bastion as bn
     from bastion.attacks.evasion.base import PRECISIONS
-    from bastion.core.validation import check_inputs
+    from bastion.core.validation import check_class_labels, check_inputs, check_labels
     from bastion.defenses import AdversarialTrainer
     from bastion.defenses.training import SCHEDULES
     from bastion.zoo import train
@@ -207,12 +221,15 @@ def harden(
     if schedule not in SCHEDULES:
         raise InputError("--schedule", schedule, f"one of {', '.join(SCHEDULES)}")
     norm = bn.get_norm(norm).name
-    if out.parent.exists() and not out.parent.is_dir():
-        raise InputError("--out", str(out), f"a path in a folder ({out.parent} is a file)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # Before any training: a path that cannot be written must fail now, not after the last epoch.
+    paths = {kind: check_output(p, inputs=(data, test), force=force, what="--out")
+             for kind, p in output_paths(out).items()}
     bounds = (0.0, 1.0)
     shape = parse_shape(input_shape)
     x, y = _load(data, "--data", shape)
+    # The rules evaluate, attack and certify apply, with the class count taken from the training labels
+    # (all of --data, before a test split could hide a stray label in the held-out part).
+    y, num_classes = check_class_labels(y, int(x.shape[0]), argument="--data labels")
     if test is not None:
         x_tr, y_tr = x, y
         x_te, y_te = _load(test, "--test", shape)
@@ -223,7 +240,8 @@ def harden(
         x_tr, y_tr, x_te, y_te = _split(x, y, seed)
     check_inputs(x_tr, bounds, argument="--data")
     check_inputs(x_te, bounds, argument="--test" if test is not None else "--data")
-    num_classes = int(max(int(y_tr.max()), int(y_te.max()))) + 1
+    if test is not None:
+        y_te = check_labels(y_te, int(x_te.shape[0]), num_classes, argument="--test labels")
     if int(torch.unique(y_tr).numel()) < 2:
         raise InputError("--data", f"labels of one class only ({int(y_tr[0])})", "examples of at least two classes")
 
@@ -250,15 +268,14 @@ def harden(
         hardened = _assess(trainer.model_, x_te, y_te, norm, eps, suite, bounds)
         bar.advance(t_eval)
     standard["train_seconds"], hardened["train_seconds"] = std_seconds, adv_seconds
-    files = _save(trainer.model_, x_tr, out)
+    files = _save(trainer.model_, x_tr, paths)
     report: dict[str, Any] = {
         "data": str(data), "test": str(test) if test is not None else f"{TEST_FRACTION:.0%} held out of --data",
         "train_examples": int(x_tr.shape[0]), "test_examples": int(x_te.shape[0]), "arch": arch, "method": method,
         "norm": norm, "eps": eps, "epochs": epochs, "steps": 1 if method == "fgsm-rs" else steps, "precision": precision, "schedule": schedule, "seed": seed, "best_epoch": trainer.best_epoch_,
         "standard": standard, "hardened": hardened, "history": trainer.history_, "files": files,
     }
-    md = out.with_name(out.name + ".md")
-    md.write_text(_markdown(report))
+    md = write_text_atomic(paths["report"], _markdown(report))
     report["files"]["report"] = str(md)
     if as_json:
         print_json(report)

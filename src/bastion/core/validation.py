@@ -93,3 +93,38 @@ def check_bounds(bounds: Any) -> tuple[float, float]:
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise InputError("bounds", (lo, hi), "(low, high) with low < high, both finite")
     return lo, hi
+
+
+def check_class_labels(y: Any, n: int, *, argument: str = "y", num_classes: int | None = None) -> tuple[Tensor, int]:
+    """Validate the labels of data a model will be *trained* on and return them with the class count.
+
+    The same rules as :func:`check_labels` (integers, one per example, inside ``[0, num_classes)`` when the
+    count is known); with no model to ask, the count is ``max + 1`` and every class below it must have
+    examples: labels 0-9 plus a stray 10 and 42 are not a 43-class problem but a data error, and training on
+    them would silently build a model with 33 classes that never occur.
+    """
+    t = check_labels(y, n, num_classes, argument=argument)
+    classes = int(t.max()) + 1 if num_classes is None else num_classes
+    if n and int(t.min()) == int(t.max()):
+        raise InputError(argument, f"labels of one class only ({int(t[0])})", "examples of at least two classes")
+    if num_classes is None:
+        counts = torch.bincount(t, minlength=classes)
+        absent = [int(c) for c in torch.nonzero(counts == 0).flatten()]
+        if absent:
+            shown = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
+            present = [int(c) for c in torch.nonzero(counts).flatten()]
+            raise InputError(argument, f"labels {_ranges(present)} with no example of class {shown} "
+                             f"({len(absent)} of {classes} classes absent)",
+                             "consecutive class indices 0..K-1, each with examples (relabel the data)")
+    return t, classes
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 3, 10, 42]`` -> ``0-3, 10, 42``."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
