@@ -13,6 +13,7 @@ from bastion.cli import (
     demo_cmd,
     evaluate_cmd,
     harden_cmd,
+    incident_cmd,
     keys_cmd,
     monitor_cmd,
     registry_cmd,
@@ -31,7 +32,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bastion import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", "-V", help="Print Bastion's version and exit.",
+                                 callback=_print_version, is_eager=True),
+) -> None:
+    """Options that come before the command (the app's help text is set on ``app``)."""
+
 
 # One command group per capability, in the order `bastion --help` lists them.
 COMMAND_MODULES = (
@@ -46,6 +65,7 @@ COMMAND_MODULES = (
     certify_cmd,
     monitor_cmd,
     registry_cmd,
+    incident_cmd,
     serve_cmd,
     keys_cmd,
     audit_cmd,

@@ -83,6 +83,27 @@ def _incident(model: Path, data: Path, reports: list[Any], drifted: list[int], w
         atlas=tuple(sorted({_ATTACK_LIKE[m] for m in attack})))
 
 
+def _respond(books: Any, db: str | None, model: Path, reports: list[Any], webhook: str | None, fmt: str,
+             secret: bytes | None) -> list[str]:
+    """Feed every monitor firing to the playbooks, in window order; returns the incidents raised."""
+    from bastion.cli.registry_cmd import db_url
+    from bastion.monitor.webhooks import WebhookSender
+    from bastion.respond import Event, Responder, ResponseState
+
+    sender = WebhookSender(webhook, fmt=fmt, secret=secret, retries=3, backoff=0.5) if webhook else None  # type: ignore[arg-type]
+    responder = Responder(books, ResponseState(db_url(db)), send_alert=sender.send if sender else None)
+    ids: list[str] = []
+    import time
+
+    t0 = time.time()
+    for i, r in enumerate(reports):
+        for name in r.fired:
+            ids += responder.observe(Event(name, t0 + i * 1e-3, None, model.stem, {"window": i}))
+    if sender is not None:
+        sender.close()
+    return ids
+
+
 @monitor_app.command("fit")
 @handle_errors
 def fit_command(
@@ -128,6 +149,10 @@ def check_command(
                                        "(Cortex XSOAR incident: name, type, severity, occurred, labels, rawJSON)."),
     webhook_secret_env: str | None = typer.Option(None, "--webhook-secret-env", help="Name of the environment "
                                                   "variable holding the HMAC-SHA256 secret that signs the body."),
+    playbooks: Path | None = typer.Option(None, "--playbooks", help="Playbook YAML: run its actions for the "
+                                          "monitors that fired (incidents land in --db; see `bastion incident`)."),
+    db: str | None = typer.Option(None, "--db", help="Database for incidents and serving state (default: "
+                                  "$BASTION_REGISTRY_DB or sqlite:///bastion-registry/registry.db)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Check traffic window by window; exit 1 when any window drifted, naming the monitors that fired."""
@@ -140,6 +165,11 @@ def check_command(
         raise InputError("--webhook", webhook, "an http:// or https:// URL")
     if webhook_format not in ("generic", "xsoar"):
         raise InputError("--webhook-format", webhook_format, "generic or xsoar")
+    books = None
+    if playbooks is not None:
+        from bastion.respond import load_playbooks
+
+        books = load_playbooks(playbooks)
     base = Baseline.load(baseline)
     m, x = _load(model, data, factory, trust_pickle, "--data")
     width = base.reference_inputs_.shape[1]
@@ -166,13 +196,16 @@ def check_command(
         if not d.ok:
             err_console.print(f"warning: the incident was not delivered to {webhook}: {d.error}", highlight=False,
                               markup=False, soft_wrap=True)
+    incidents = _respond(books, db, model, reports, webhook, webhook_format, secret) if books and drifted else []
     if json_out:
         print_json({"windows": len(reports), "drifted": drifted, "window": window, "webhook": delivery,
-                    "reports": [r.to_dict() for r in reports]})
+                    "incidents": incidents, "reports": [r.to_dict() for r in reports]})
     else:
         for i, r in enumerate(reports):
             mark = "DRIFT" if r.drift else "ok   "
             detail = ", ".join(f"{res.monitor} p={res.p_value:.2g}" for res in r.results if res.drift)
             typer.echo(f"window {i} (requests {i * window}-{(i + 1) * window - 1}): {mark} {detail}".rstrip())
         typer.echo(f"{len(drifted)} of {len(reports)} windows drifted (false-alarm rate per window <= {base.alpha})")
+        for inc in incidents:
+            typer.echo(f"incident {inc[:12]} raised (bastion incident show {inc[:12]})")
     raise typer.Exit(EXIT_FAILED if drifted else EXIT_OK)

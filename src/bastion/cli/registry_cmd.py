@@ -45,11 +45,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(registry_app)
 
 
+def db_url(db: str | None) -> str:
+    """The database every stateful command shares: --db, else $BASTION_REGISTRY_DB, else a local SQLite file."""
+    url = db or os.environ.get("BASTION_REGISTRY_DB", DEFAULT_DB)
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
 def _open(db: str | None, store: Path | None) -> Any:
     from bastion.registry import Registry
 
-    return Registry(db or os.environ.get("BASTION_REGISTRY_DB", DEFAULT_DB),
-                    store or Path(os.environ.get("BASTION_REGISTRY_STORE", DEFAULT_STORE)))
+    return Registry(db_url(db), store or Path(os.environ.get("BASTION_REGISTRY_STORE", DEFAULT_STORE)))
 
 
 def _refused(exc: Any, json_out: bool) -> None:

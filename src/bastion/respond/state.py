@@ -1,0 +1,175 @@
+"""Incidents and the serving state that response actions change, in the registry's SQLAlchemy database.
+
+Actions do not reach into a running server: they write state (a model offline, routed to a fallback, a key
+throttled) that every gateway worker reads, so a response reaches all workers and replicas, survives a
+restart, and is undone by resolving its incident from any machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from bastion.errors import InputError
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IncidentRow(Base):
+    __tablename__ = "bastion_incidents"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created: Mapped[str] = mapped_column(String(40))
+    playbook: Mapped[str] = mapped_column(String(200))
+    severity: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(String(500))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    resolved: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    resolution: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+
+
+class ServingStateRow(Base):
+    """Per model: normal, offline (503 with Retry-After) or routed to a fallback registry model."""
+
+    __tablename__ = "bastion_serving_state"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(20))  # offline | routed
+    route_to: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    retry_after: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    incident: Mapped[str] = mapped_column(String(32))
+    since: Mapped[str] = mapped_column(String(40))
+
+
+class ThrottleRow(Base):
+    __tablename__ = "bastion_key_throttles"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    rate: Mapped[float] = mapped_column(Float)
+    incident: Mapped[str] = mapped_column(String(32))
+    since: Mapped[str] = mapped_column(String(40))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+    Base.metadata.create_all(engine)
+    return engine
+
+
+class ResponseState:
+    """Reads and writes incidents, serving modes and throttles (one object per process)."""
+
+    def __init__(self, engine_or_url: Engine | str) -> None:
+        self.engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+        if not isinstance(engine_or_url, str):
+            Base.metadata.create_all(self.engine)
+
+    # -- serving state, read by the gateway on each request (through a short cache) ---------------------
+    def serving(self, model: str) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            row = s.get(ServingStateRow, model)
+            return None if row is None else {"mode": row.mode, "route_to": row.route_to,
+                                             "retry_after": row.retry_after, "incident": row.incident}
+
+    def set_serving(self, model: str, mode: str, incident: str, *, route_to: str | None = None,
+                    retry_after: int | None = None) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ServingStateRow, model)
+            if row is None:
+                s.add(ServingStateRow(model=model, mode=mode, route_to=route_to, retry_after=retry_after,
+                                      incident=incident, since=now()))
+            else:
+                row.mode, row.route_to, row.retry_after, row.incident, row.since = mode, route_to, retry_after, \
+                    incident, now()
+
+    def clear_serving(self, model: str, incident: str) -> bool:
+        """Back to normal, only if this incident set the current state (a later incident's state stays)."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ServingStateRow, model)
+            if row is None or row.incident != incident:
+                return False
+            s.delete(row)
+            return True
+
+    def throttle(self, key: str) -> float | None:
+        with Session(self.engine) as s:
+            row = s.get(ThrottleRow, key)
+            return None if row is None else row.rate
+
+    def set_throttle(self, key: str, rate: float, incident: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ThrottleRow, key)
+            if row is None:
+                s.add(ThrottleRow(key=key, rate=rate, incident=incident, since=now()))
+            else:
+                row.rate, row.incident, row.since = rate, incident, now()
+
+    def clear_throttle(self, key: str, incident: str) -> bool:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(ThrottleRow, key)
+            if row is None or row.incident != incident:
+                return False
+            s.delete(row)
+            return True
+
+    # -- incidents ------------------------------------------------------------------------------------
+    def add_incident(self, row: IncidentRow) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(row)
+
+    def update_actions(self, incident: str, actions: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(IncidentRow, incident)
+            if row is not None:
+                row.actions = list(actions)
+
+    def incidents(self, status: str | None = None) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            q = select(IncidentRow).order_by(IncidentRow.created)
+            if status is not None:
+                q = q.where(IncidentRow.status == status)
+            return [_as_dict(r) for r in s.scalars(q)]
+
+    def incident(self, incident: str) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            row = s.get(IncidentRow, incident)
+            if row is None:
+                matches = [r for r in s.scalars(select(IncidentRow)) if r.id.startswith(incident)] if incident else []
+                if len(matches) != 1:
+                    raise InputError("INCIDENT", incident, "the id (or a unique prefix) of a recorded incident")
+                row = matches[0]
+            return _as_dict(row)
+
+    def mark_resolved(self, incident: str, note: str, actions: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(IncidentRow, incident)
+            assert row is not None
+            row.status, row.resolved, row.resolution, row.actions = "resolved", now(), note, list(actions)
+
+
+def _as_dict(r: IncidentRow) -> dict[str, Any]:
+    return {"id": r.id, "created": r.created, "playbook": r.playbook, "severity": r.severity, "source": r.source,
+            "key": r.key, "model": r.model, "title": r.title, "details": r.details, "actions": r.actions,
+            "status": r.status, "resolved": r.resolved, "resolution": r.resolution}
