@@ -21,6 +21,7 @@ from bastion.cli.common import (
     make_console,
     print_json,
     progress_bar,
+    warn_eps,
 )
 from bastion.cli.evaluate_cmd import load_inputs, parse_bounds, parse_eps
 from bastion.cli.paths import atomic_path, check_output
@@ -70,6 +71,7 @@ def attack_command(
     """
     from bastion.assess import build_attack
     from bastion.core.threat import get_norm
+    from bastion.core.validation import check_fits
     from bastion.errors import InputError
 
     geometry = get_norm(norm)
@@ -82,7 +84,8 @@ def attack_command(
         out = check_output(out, inputs=(model, data), force=force, what="--out")
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=parse_bounds(bounds),
                             limit=limit, label_column=label_column)
-    num_classes = net.probe(x.to(net.device), "--data") or net.infer_num_classes(x.to(net.device))
+    num_classes = check_fits(net, x.to(net.device), "--data") or net.infer_num_classes(x.to(net.device))
+    warn_eps(net, x, values, labels, geometry.name)
     atk = build_attack(attack, geometry.name, steps=steps, seed=seed, batch_size=batch_size,
                        num_classes=num_classes)
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from bastion.cli.common import (
     parse_shape,
     print_json,
     progress_bar,
+    warn_eps,
 )
 from bastion.errors import InputError
 
@@ -217,12 +218,14 @@ def certify(
         raise InputError("--data", f"{data} without labels", "labels: 'y' in .npz, a 'label' column in .csv")
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    from bastion.core.validation import check_inputs, check_labels
+    from bastion.core.validation import check_fits, check_inputs, check_labels
 
     xt = check_inputs(x, m.bounds, argument="--data", device=m.device)
     if xt.shape[0] > 0:
-        classes = m.probe(xt, "--data")
+        classes = check_fits(m, xt, "--data")
         y = check_labels(y, xt.shape[0], classes, argument="--data labels").cpu()
+        warn_eps(m, x, levels, [format(v, "g") for v in levels], "linf" if method == "ibp" else "l2",
+                 "--eps" if method == "ibp" else "--radii")
 
     show = not json_out
     if method == "smoothing":

@@ -119,6 +119,20 @@ def _as_option(exc: BaseException, params: dict[str, Any]) -> str:
             .replace(" (pass weights_only=False for estimators)", ""))
 
 
+def warn(message: str) -> None:
+    """Print ``warning: message`` to stderr, literally (never Rich markup), on one line."""
+    err_console.print("[yellow]warning:[/] " + escape(message), highlight=False, soft_wrap=True, emoji=False)
+
+
+def warn_eps(net: Any, x: Any, epsilons: list[float], labels: list[str], norm: str, option: str = "--eps") -> None:
+    """Warn about budgets that reach every valid input (they measure nothing)."""
+    from bastion.core.validation import epsilon_range_warnings
+
+    n_features = int(x[0].numel()) if len(x) else 1
+    for message in epsilon_range_warnings(epsilons, labels, norm, tuple(net.bounds), n_features, option):
+        warn(message)
+
+
 def command_line() -> list[str]:
     """The command as the user typed it (program name without its folder), for reports."""
     return [Path(sys.argv[0]).name or "bastion", *sys.argv[1:]]

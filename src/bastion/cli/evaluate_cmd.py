@@ -23,6 +23,7 @@ from bastion.cli.common import (
     parse_floats,
     print_json,
     progress_bar,
+    warn_eps,
 )
 from bastion.cli.paths import check_outputs
 from bastion.errors import DataLoadError, InputError
@@ -125,6 +126,7 @@ def evaluate_command(
     from bastion.assess import evaluate
     from bastion.assess.result import provenance, robustness_gate
     from bastion.core.threat import get_norm
+    from bastion.core.validation import check_fits
 
     geometry = get_norm(norm)
     values, labels = parse_eps(eps)
@@ -135,6 +137,8 @@ def evaluate_command(
         check_outputs(report, REPORT_FILES, inputs=(model, data), force=force, what="--report")
     net, x, y = load_inputs(model, data, factory=factory, trust_pickle=trust_pickle, bounds=lo_hi, limit=limit,
                             label_column=label_column)
+    check_fits(net, x.to(net.device), "--data")
+    warn_eps(net, x, values, labels, geometry.name)
     with progress_bar(not json_out) as bar:
         task = bar.add_task("evaluating", total=None)
 

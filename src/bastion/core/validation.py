@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -128,3 +129,57 @@ def _ranges(values: list[int]) -> str:
         else:
             runs.append([v, v])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def expected_input(model: Any) -> str | None:
+    """Describe the input a model takes (``(1, H, W)``, ``(64,)``), from its first layer or ONNX signature.
+
+    Used to say what was expected when a data file does not fit: the model's own error ("size mismatch,
+    m1: [1 x 192], m2: [64 x 10]") rarely says it in the user's terms. None when it cannot be read.
+    """
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, (list, tuple)) and len(shape) > 1:
+        dims = ", ".join(str(d) if isinstance(d, int) else "?" for d in shape[1:])
+        return f"inputs of shape ({dims}{',' if len(shape) == 2 else ''}) without the batch"
+    module = getattr(model, "module", None)
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for name, tensor in module.named_parameters():
+        if not name.endswith("weight"):
+            continue
+        if tensor.dim() == 4:
+            return f"images with {tensor.shape[1]} channel(s): shape ({tensor.shape[1]}, H, W) without the batch"
+        if tensor.dim() == 3:
+            return f"sequences with {tensor.shape[1]} channel(s): shape ({tensor.shape[1]}, L) without the batch"
+        if tensor.dim() == 2:
+            return f"{tensor.shape[1]} features per example: shape ({tensor.shape[1]},) without the batch"
+        return None
+    return None
+
+
+def check_fits(model: Any, x: Tensor, argument: str = "--data") -> int | None:
+    """Run one example through ``model`` (``Model.probe``); a misfit names the shape the model expects."""
+    try:
+        classes: int | None = model.probe(x, argument)
+    except InputError as exc:
+        wanted = expected_input(model)
+        if wanted is None or "shape" not in str(exc.given):
+            raise
+        raise InputError(exc.argument, exc.given, f"{wanted} ({exc.expected})") from None
+    return classes
+
+
+def epsilon_range_warnings(epsilons: list[float], labels: list[str], norm: str, bounds: tuple[float, float],
+                           n_features: int, option: str = "--eps") -> list[str]:
+    """Budgets large enough to reach every input in the valid range: the attack then proves nothing.
+
+    The diameter of the input box is ``(high - low)`` in L-inf, ``(high - low) * d ** (1 / p)`` in Lp.
+    """
+    width = bounds[1] - bounds[0]
+    p = {"linf": math.inf, "l2": 2.0, "l1": 1.0}.get(norm)
+    if p is None:
+        return []
+    diameter = width if p == math.inf else width * n_features ** (1.0 / p)
+    return [f"{option} {lab} ({norm}) reaches every input in [{bounds[0]:g}, {bounds[1]:g}] (the box's {norm} "
+            f"diameter is {diameter:.4g}): any model fails at that budget, so it measures nothing"
+            for e, lab in zip(epsilons, labels, strict=True) if e >= diameter]
