@@ -51,7 +51,7 @@ def scan_bytes(data: bytes | bytearray | memoryview, name: str = "<bytes>",
 
 
 def _scan_blob(data: bytes | bytearray | memoryview, name: str, policy: Policy, suffix: str) -> list[Finding]:
-    ctx = Context(name, policy)
+    ctx = Context(name, policy, size=len(data))
     kind = ctx.scan(memoryview(data), "", 0) if len(data) else "empty"
     if kind in ("unknown", "empty") and suffix.lower() in MODEL_SUFFIXES:
         what = "is empty" if kind == "empty" else "matches no model format Bastion knows"

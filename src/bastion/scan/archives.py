@@ -443,9 +443,13 @@ def scan_tar(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
 
 def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str], label: str,
                  make: type | object, magic: bytes) -> None:
-    """gzip/bz2/xz: possibly several streams back to back; each decompressed under the budget."""
+    """gzip/bz2/xz/zstd: possibly several streams back to back, which every reader (gzip.open, bz2.open,
+    lzma.open, joblib) joins into one. A pickle split across members only exists in the joined bytes,
+    so those are what gets scanned, under one budget."""
     pos = 0
     n = 0
+    joined = bytearray()
+    complete = True
     while pos < len(data):
         if n and bytes(data[pos:pos + len(magic)]) != magic:
             break  # trailing padding after the last stream (gzip allows it)
@@ -453,19 +457,30 @@ def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: 
         try:
             out = ctx.inflate(d, data[pos:], inner)
         except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError, RuntimeError) as exc:
-            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is corrupt ({exc})")
-            return
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream {n + 1} is corrupt ({exc})")
+            break
         if out is None:
             return
-        # a compression layer is the same file, not a member: only later streams get a suffix
-        where = inner if not n else ctx.member(inner, f"<{label} stream {n + 1}>")
-        if not out.complete:
-            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is truncated; scanned what it held")
-        ctx.scan(out.data, where, depth + 1, hints)
+        if n == 0 and (not out.complete or out.consumed <= 0 or pos + out.consumed >= len(data)):
+            # the common case, one stream: scan its buffer without copying it
+            if not out.complete:
+                ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is truncated; scanned what it held")
+            ctx.scan(memoryview(out.data), inner, depth + 1, hints)
+            return
+        joined += out.data
         n += 1
-        if not out.complete or out.consumed <= 0:
+        if not out.complete:
+            complete = False
+            break
+        if out.consumed <= 0:
             break
         pos += out.consumed
+    if not complete:
+        ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream {n} is truncated; scanned what it held")
+    if n > 1:
+        ctx.emit("BASTION-MULTI-STREAM", Severity.LOW, inner, "",
+                 f"{n} {label} streams back to back; readers join them, so they were scanned as one")
+    ctx.scan(memoryview(joined), inner, depth + 1, hints)
 
 
 def scan_gzip(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> None:

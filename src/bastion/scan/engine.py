@@ -31,9 +31,22 @@ _WEAK_KINDS = frozenset({"zlib", "lzma", "onnx", "safetensors", "pickle", "jobli
 class Inflated:
     """Output of one compressed stream: the bytes, whether the stream ended properly, input consumed."""
 
-    data: bytes
+    data: bytes | bytearray
     complete: bool
     consumed: int
+
+
+#: every file may decompress at least this much; beyond it, up to ``max_expansion`` times its own size
+_BUDGET_FLOOR = 256 * 1024**2
+
+
+def escape(text: str) -> str:
+    """``text`` with control, bidi and other invisible characters escaped: names inside a scanned file
+    reach terminals, logs and SARIF viewers, and must not repaint or reorder what they show."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                                               if ord(c) < 0x10000 else f"\\U{ord(c):08x}") for c in text)
 
 
 @dataclass
@@ -43,6 +56,19 @@ class Context:
     findings: list[Finding] = field(default_factory=list)
     decompressed: int = 0
     cache: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+    #: size of the file on disk: the decompression budget scales with it (see :meth:`budget`)
+    size: int = 0
+    _budget_hit: bool = False
+
+    @property
+    def budget(self) -> int:
+        """Bytes everything in this file may decompress to, over all members and streams together.
+
+        A file of a few megabytes that inflates to gigabytes is a bomb, not a model: the budget is
+        ``max_expansion`` times the file size (never below 256 MiB), capped by ``max_decompressed_bytes``.
+        """
+        lim = self.policy.limits
+        return min(lim.max_decompressed_bytes, max(_BUDGET_FLOOR, lim.max_expansion * self.size))
 
     # reporting ---------------------------------------------------------------------------------------
 
@@ -59,8 +85,8 @@ class Context:
 
     def emit(self, rule: str, severity: Severity, inner: str, where: str, message: str,
              global_name: str | None = None) -> None:
-        self.findings.append(Finding(rule, severity, self.path, self.location(inner, where), message,
-                                     global_name))
+        self.findings.append(Finding(rule, severity, escape(self.path), escape(self.location(inner, where)),
+                                     escape(message), None if global_name is None else escape(global_name)))
 
     def emit_raw(self, raws: list[RawFinding], inner: str) -> None:
         for rule, sev, where, message, gname in raws:
@@ -112,7 +138,7 @@ class Context:
     # decompression under the budget -------------------------------------------------------------------
 
     def budget_left(self) -> int:
-        return self.policy.limits.max_decompressed_bytes - self.decompressed
+        return self.budget - self.decompressed
 
     def inflate(self, decompressor: Any, data: memoryview | bytes, inner: str) -> Inflated | None:
         """Run a zlib/bz2/lzma decompressor under the budget, never holding more than it allows.
@@ -120,6 +146,9 @@ class Context:
         Returns None (after reporting BASTION-LIMIT) when the output would exceed the budget.
         """
         left = self.budget_left()
+        if left <= 0 and self._budget_hit:
+            self.over_budget(inner)
+            return None
         out = bytearray()
         src = memoryview(data)
         pos = 0
@@ -149,12 +178,17 @@ class Context:
                 return None
         self.decompressed += len(out)
         consumed = pos - len(pending) - len(getattr(decompressor, "unused_data", b""))
-        return Inflated(bytes(out), bool(decompressor.eof), consumed)
+        # the bytearray itself, not a bytes copy: a copy would double the peak memory of a large member
+        return Inflated(out, bool(decompressor.eof), consumed)
 
     def over_budget(self, inner: str) -> None:
+        # the budget is spent for the whole file: later members (even ones pointing at the same
+        # compressed bytes) fail at once instead of each inflating up to the budget again
+        self.decompressed = max(self.decompressed, self.budget)
+        self._budget_hit = True
         self.emit("BASTION-LIMIT", Severity.HIGH, inner, "",
-                  f"decompressed data would exceed {self.policy.limits.max_decompressed_bytes} bytes "
-                  "(limit max_decompressed_bytes); the rest was not scanned")
+                  f"decompressed data would exceed {self.budget} bytes for this file (limits "
+                  "max_decompressed_bytes and max_expansion); a decompression bomb? the rest was not scanned")
 
 
 # -- format handlers that live here (the rest are in their own modules) -----------------------------------

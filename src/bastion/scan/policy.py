@@ -315,6 +315,7 @@ class Limits:
     """Caps that keep zip bombs and pickle bombs from exhausting memory or time."""
 
     max_decompressed_bytes: int = 4 * 1024**3  # total, over everything decompressed from one file
+    max_expansion: int = 25  # ... and at most this many times the file's size (256 MiB at least)
     max_depth: int = 10  # containers inside containers
     max_opcodes: int = 10_000_000  # per pickle
     max_payload_bytes: int = 512 * 1024**2  # one string/bytes constant inside a pickle

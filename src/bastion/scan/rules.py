@@ -37,6 +37,8 @@ _RULES = [
          "a size, nesting or opcode limit was hit; the rest of the file was not scanned"),
     Rule("BASTION-ZIP-ANOMALY", Severity.MEDIUM,
          "zip entry with odd flag bits, bad CRC, encryption flag or entries hidden from the central directory"),
+    Rule("BASTION-MULTI-STREAM", Severity.LOW,
+         "several gzip/bz2/xz streams back to back; readers join them, so the joined bytes were scanned"),
     Rule("BASTION-TRAILING-DATA", Severity.MEDIUM,
          "bytes after the end of the format's payload (polyglot files hide a second format there)"),
     Rule("BASTION-TORCHSCRIPT-CODE", Severity.CRITICAL,
