@@ -244,3 +244,38 @@ def test_ray_backend_without_ray_exits_2_with_install_hint(files: dict[str, Path
         pytest.skip("ray is installed")
     res = run("--model", files["constant"], "--backend", "ray")
     assert res.exit_code == 2 and "pip install" in res.output
+
+
+def test_certification_runs_when_the_policy_asks(files: dict[str, Path], tmp_path: Path) -> None:
+    # Constant model: every noisy draw is class 0, so p_A's lower bound (n=1000, alpha=0.001) is above 0.99
+    # and the radius 0.25 * Phi^-1(0.99) > 0.5 clears 0.25. Mean-pixel model at 0.55 with sigma 0.25 over 16
+    # pixels: p_A = Phi(0.05 / 0.0625) = 0.79, below the 0.84 a radius of 0.25 needs, by 4 binomial SDs.
+    pol = tmp_path / "cert.yaml"
+    pol.write_text("robust_accuracy: null\ncertified_accuracy: {sigma: 0.25, radius: 0.25, min: 0.9, n: 1000}\n",
+                   encoding="utf-8")
+    code, body = run_json("--model", files["constant"], "--data", files["data"], "--policy", pol, "--budget", "fast")
+    assert code == 0 and checks(body)["certified_accuracy"]["figure"] == 1.0
+    code, body = run_json("--model", files["mean"], "--data", files["data"], "--policy", pol, "--budget", "fast")
+    assert code == 1 and checks(body)["certified_accuracy"]["figure"] == 0.0
+
+
+def test_poisoning_audit_flags_a_badnets_training_set(digits: Any, tmp_path: Path) -> None:
+    # BadNets relabels 5 % of all records (about 67) to class 0 and Spectre finds them (test_detect_poison):
+    # measured 34 % of class 0 flagged against at most 25 % allowed. On the clean set the worst class is
+    # Spectre's false alarms alone, measured 18 % (class 1). Seeded, so the margins only absorb CPU numerics.
+    import bastion as bn
+    from bastion.attacks.poisoning import BadNets
+
+    res = BadNets(target=0, rate=0.05, size=2)(digits.x_train, digits.y_train)
+    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8), res.x, res.y, epochs=15, seed=0)
+    model = tmp_path / "model.pt"
+    torch.jit.script(net).save(str(model))
+    np.savez(tmp_path / "poisoned.npz", x=res.x.numpy(), y=res.y.numpy())
+    np.savez(tmp_path / "clean.npz", x=digits.x_train.numpy(), y=digits.y_train.numpy())
+    pol = tmp_path / "p.yaml"
+    pol.write_text("robust_accuracy: null\nclean_accuracy: null\npoisoning: {max_flagged: 0.25}\n", encoding="utf-8")
+    code, body = run_json("--model", model, "--train", tmp_path / "poisoned.npz", "--policy", pol)
+    assert code == 1 and checks(body)["poisoning"]["verdict"] == "fail", checks(body)["poisoning"]
+    assert "class 0" in checks(body)["poisoning"]["figure_text"]
+    code, body = run_json("--model", model, "--train", tmp_path / "clean.npz", "--policy", pol)
+    assert code == 0 and checks(body)["poisoning"]["verdict"] == "pass", checks(body)["poisoning"]

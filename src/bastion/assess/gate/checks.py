@@ -49,7 +49,7 @@ CATALOGUE: dict[str, CheckInfo] = {c.id: c for c in (
               "an L2 radius (randomized smoothing)."),
     CheckInfo("poisoning", "Training-data poisoning audit", "AML.T0020", "Poison Training Data",
               ("AML.M0007",), "Poisoning (targeted, backdoor)",
-              "Fraction of training records a poisoning detector (Spectre) flags."),
+              "Largest share of one class's training records a poisoning detector (Spectre) flags."),
     CheckInfo("membership_inference", "Membership inference", "AML.T0024.000",
               "Exfiltration via ML Inference API: Infer Training Data Membership", ("AML.M0002", "AML.M0004"),
               "Privacy: membership inference",

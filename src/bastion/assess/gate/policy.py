@@ -58,10 +58,11 @@ robust_accuracy:
 # certified_accuracy: {sigma: 0.25, radius: 0.25, min: 0.3, n: 1000, alpha: 0.001}
 certified_accuracy: null
 
-# Poisoning audit of the training data (--train): fraction of records a detector flags.
-# The detector's own false-alarm rate on clean data is about 5 %.
+# Poisoning audit of the training data (--train): largest fraction of any one class's records that
+# a detector (Spectre) flags. On clean digits its false alarms reached 11-18 % in the worst class;
+# a 5 % BadNets poison pushed its target class to 34 %. Poison below a few percent can pass.
 poisoning:
-  max_flagged: 0.15
+  max_flagged: 0.25
 
 # Membership inference (--members, --non-members): attack AUC, 0.5 = no leak.
 mia_auc:
@@ -107,7 +108,7 @@ class Policy:
     clean_accuracy_min: float | None = 0.9
     robust_accuracy: RobustRule | None = field(default_factory=RobustRule)
     certified_accuracy: CertifyRule | None = None
-    poisoning_max_flagged: float | None = 0.15
+    poisoning_max_flagged: float | None = 0.25
     mia_auc_max: float | None = 0.6
     source: str = "built-in defaults"
     sha256: str = ""
@@ -211,7 +212,7 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
         scan_fail_on=fail_on, signature=signature,
         clean_accuracy_min=None if clean is None else _fraction(clean, "min", 0.9, source, "clean_accuracy"),
         robust_accuracy=robust, certified_accuracy=certify,
-        poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.15, source, "poisoning"),
+        poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.25, source, "poisoning"),
         mia_auc_max=None if mia is None else _fraction(mia, "max", 0.6, source, "mia_auc"),
         source=source, sha256=digest)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bastion.assess.gate.checks import ERROR, FAIL, PASS, SKIP, CheckOutcome, pct, skipped
@@ -388,7 +389,7 @@ class _Run:
         limit = self.policy.poisoning_max_flagged
         if limit is None:
             return skipped("poisoning", "the policy turns it off (poisoning: null)")
-        threshold = f"<= {limit:g} flagged"
+        threshold = f"<= {limit:g} flagged in any class"
         if self.ins.train is None:
             return skipped("poisoning", "no training data given (--train)", threshold)
         try:
@@ -406,13 +407,18 @@ class _Run:
             if exc.argument == "model":
                 return skipped("poisoning", f"the detector needs a PyTorch model ({exc})", threshold)
             raise
-        flagged = float(det.labels_.mean())
+        # Poison concentrates in the classes it targets: the worst class's flagged share is what moves, while
+        # the share over all records stays near the detector's false-alarm rate when a few percent are poisoned.
+        labels = data[1].cpu().numpy()
+        per_class = {int(c): float(det.labels_[labels == c].mean()) for c in np.unique(labels)}
+        worst = max(per_class, key=lambda c: per_class[c])
+        flagged = per_class[worst]
         verdict = PASS if flagged <= limit else FAIL
-        return CheckOutcome("poisoning", verdict, f"Spectre flags {pct(flagged)} of {len(det.labels_)} training "
-                            f"records (about {pct(det.max_fpr)} expected on clean data)", figure=flagged,
-                            figure_text=pct(flagged), threshold=threshold,
+        return CheckOutcome("poisoning", verdict, f"Spectre flags {pct(flagged)} of class {worst}'s training records "
+                            f"({int(det.labels_.sum())} of {len(det.labels_)} overall)", figure=flagged, figure_text=f"{pct(flagged)} "
+                            f"(class {worst})", threshold=threshold,
                             details={"records": len(det.labels_), "flagged": int(det.labels_.sum()),
-                                     "detector": "Spectre", "max_fpr": det.max_fpr})
+                                     "flagged_by_class": per_class, "detector": "Spectre", "max_fpr": det.max_fpr})
 
     def check_membership(self) -> CheckOutcome:
         limit = self.policy.mia_auc_max
