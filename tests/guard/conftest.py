@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _guard_helpers import PG_DSN, PG_URL, REDIS_URL
 
 import bastion as bn
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +32,7 @@ def pg_available() -> bool:
     try:
         import psycopg
 
-        psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=2).close()
+        psycopg.connect(PG_DSN, connect_timeout=2).close()
         return True
     except Exception:
         return False
@@ -51,17 +49,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     import psycopg
 
     schema = f"guard_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield f"{PG_URL}?options=-csearch_path%3D{schema}"
     finally:
-        from bastion.guard.db import make_engine
-
-        # Pooled connections of the test's engines hold locks on the schema; end them first.
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        del make_engine
 
 
 @pytest.fixture
@@ -76,10 +70,6 @@ def redis_client() -> Iterator[object]:
     yield client
     client.close()
 
-
-def batch(x: torch.Tensor) -> dict[str, object]:
-    """A KServe v2 request body for the batch ``x``."""
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.flatten().tolist()}]}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import batch
+from _guard_helpers import batch
 from fastapi.testclient import TestClient
 
 import bastion as bn
