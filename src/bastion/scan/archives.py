@@ -302,7 +302,7 @@ def _walk_local(data: Blob, known: dict[int, _Entry]) -> list[_Entry]:
     return out
 
 
-def _member_bytes(ctx: Context, data: Blob, e: _Entry, inner: str) -> memoryview | bytes | None:
+def _member_bytes(ctx: Context, data: Blob, e: _Entry, inner: str) -> memoryview | bytes | bytearray | None:
     """The member's uncompressed bytes, read from its local header; None after reporting why not."""
     where = ctx.member(inner, e.name)
     fields = _LOCAL_FMT.unpack_from(data, e.offset) if 0 <= e.offset <= len(data) - 30 else None
@@ -407,7 +407,7 @@ def scan_zip(ctx: Context, view: memoryview, inner: str, depth: int, hints: froz
         _by_name(ctx, e.name, body, where, member_hints)
 
 
-def _by_name(ctx: Context, name: str, body: memoryview | bytes, where: str, hints: frozenset[str]) -> None:
+def _by_name(ctx: Context, name: str, body: memoryview | bytes | bytearray, where: str, hints: frozenset[str]) -> None:
     """Members a loader treats by name rather than by content: TorchScript code, Keras config."""
     code = "torchscript" in hints and "/code/" in f"/{name}" and name.endswith(".py")
     keras = "keras" in hints and name == "config.json"

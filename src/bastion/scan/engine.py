@@ -94,7 +94,7 @@ class Context:
 
     # recursion ---------------------------------------------------------------------------------------
 
-    def scan(self, data: memoryview | bytes, inner: str, depth: int, hints: frozenset[str] = frozenset()) -> str:
+    def scan(self, data: memoryview | bytes | bytearray, inner: str, depth: int, hints: frozenset[str] = frozenset()) -> str:
         """Scan one blob; returns the format it was recognised as."""
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if depth > self.policy.limits.max_depth:

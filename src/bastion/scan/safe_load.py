@@ -115,7 +115,34 @@ class _Guard:
             raise UnsafeModelError(f"refused global {qual} in {self.where}: weights_only=True admits tensors, "
                                    "arrays and plain containers (pass weights_only=False for estimators)",
                                    qual, self.where)
-        return real_find(module, name)
+        obj = real_find(module, name)
+        home = _defined_in(obj)
+        if home is not None and not _same_module(home, mod):
+            # an allowed name that is really a re-export of something defined elsewhere (a socket listener
+            # imported into a trusted package): admit names only where they are defined
+            raise UnsafeModelError(f"refused global {qual} in {self.where}: it is {home}.{getattr(obj, '__qualname__', nm)}, "
+                                   "defined outside the module the file names", qual, self.where)
+        return obj
+
+
+#: modules whose objects report another module as their home (aliases kept by NumPy and pathlib)
+_HOME_ALIASES = {"numpy.core": "numpy._core", "pathlib._local": "pathlib", "numpy.core.multiarray": "numpy._core.multiarray",
+                 "numpy.core.numeric": "numpy._core.numeric", "_codecs": "_codecs"}
+
+
+def _defined_in(obj: Any) -> str | None:
+    """The module a class or function was defined in (None for other objects, e.g. dtype instances)."""
+    if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__")):
+        home = getattr(obj, "__module__", None)
+        return home if isinstance(home, str) else None
+    return None
+
+
+def _same_module(home: str, named: str) -> bool:
+    if home == named or named == "builtins":
+        return True
+    canon = _HOME_ALIASES.get(named, named)
+    return _HOME_ALIASES.get(home, home) == canon
 
 
 class AllowlistUnpickler(pickle.Unpickler):
@@ -276,26 +303,44 @@ def _load_torch_legacy(data: bytes, policy: Policy, weights_only: bool, where: s
     return result
 
 
-def _decompress(data: bytes, limit: int, where: str) -> bytes:
-    """Undo joblib's compression (zlib, gzip, bz2, xz, lzma), never past ``limit`` bytes."""
+def _decompressor(data: bytes) -> Any:
     if data[:1] == b"\x78":
-        dec: Any = zlib.decompressobj()
-    elif data[:2] == b"\x1f\x8b":
-        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif data[:3] == b"BZh":
-        dec = bz2.BZ2Decompressor()
-    elif data[:6] == b"\xfd7zXZ\x00":
-        dec = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-    elif data[:3] == b"\x5d\x00\x00":
-        dec = lzma.LZMADecompressor(lzma.FORMAT_ALONE)
-    else:
+        return zlib.decompressobj()
+    if data[:2] == b"\x1f\x8b":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if data[:3] == b"BZh":
+        return bz2.BZ2Decompressor()
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    if data[:3] == b"\x5d\x00\x00":
+        return lzma.LZMADecompressor(lzma.FORMAT_ALONE)
+    return None
+
+
+def _decompress(data: bytes, limit: int, where: str) -> bytes:
+    """Undo joblib's compression (zlib, gzip, bz2, xz, lzma), never past ``limit`` bytes.
+
+    Streams back to back are joined, as joblib and the gzip/bz2/lzma readers join them: what is
+    unpickled is exactly the joined stream the scanner analysed.
+    """
+    dec = _decompressor(data)
+    if dec is None:
         return data
-    try:
-        out = dec.decompress(data, limit + 1)
-    except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
-        raise ModelLoadError(f"{where}: corrupt compressed stream ({exc})") from exc
-    if len(out) > limit:
-        raise ModelLoadError(f"{where}: decompresses to more than {limit} bytes")
+    out = bytearray()
+    rest = data
+    while dec is not None:
+        try:
+            out += dec.decompress(rest, limit + 1 - len(out))
+        except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
+            raise ModelLoadError(f"{where}: corrupt compressed stream ({exc})") from exc
+        if len(out) > limit:
+            raise ModelLoadError(f"{where}: decompresses to more than {limit} bytes")
+        if not dec.eof:
+            raise ModelLoadError(f"{where}: compressed stream is truncated")
+        rest = dec.unused_data
+        dec = _decompressor(rest) if rest.strip(b"\x00") else None
+        if rest.strip(b"\x00") and dec is None:
+            raise ModelLoadError(f"{where}: bytes after the compressed stream are not another stream")
     return bytes(out)
 
 
