@@ -75,6 +75,7 @@ def assess_command(
                                       metavar=""),
     bounds: str = typer.Option("0,1", "--bounds", help="Valid input range 'low,high'."),
     label_column: str = typer.Option("label", "--label-column", help="Label column of a CSV file."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N examples of --data."),
     seed: int = typer.Option(0, "--seed", help="Random seed for attacks and certification."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per batch."),
     backend: str = typer.Option("local", "--backend", help="local | ray (sharded over a Ray cluster)."),
@@ -134,6 +135,8 @@ def assess_command(
     if pol.signature == "required" and pub is None:
         raise InputError("--pub", "nothing", f"the signer's public key: the policy ({pol.source}) requires a signature")
     lo_hi = _parse_bounds(bounds)
+    if limit is not None and limit < 1:
+        raise InputError("--limit", limit, "a positive number of examples")
     if batch_size is not None and batch_size < 1:
         raise InputError("--batch-size", batch_size, "a positive integer")
 
@@ -149,7 +152,7 @@ def assess_command(
 
     ins = Inputs(model=model, data=data, train=train, members=members, non_members=non_members, pub=pub,
                  signature=signature, signed_dir=signed_dir, factory=factory, trust_pickle=trust_pickle,
-                 bounds=lo_hi, label_column=label_column, seed=seed, batch_size=batch_size)
+                 bounds=lo_hi, label_column=label_column, seed=seed, batch_size=batch_size, limit=limit)
     with progress_bar(not json_out) as bar:
         task = bar.add_task("assessing", total=100)
 

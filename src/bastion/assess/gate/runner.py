@@ -64,6 +64,7 @@ class Inputs:
     label_column: str = "label"
     seed: int = 0
     batch_size: int | None = None
+    limit: int | None = None  # use only the first N test examples
 
 
 @dataclass
@@ -220,6 +221,9 @@ class _Run:
             self.provenance[key] = {"path": str(path), "error": str(exc)}
             return None
         info = self.describe_file(path)
+        if key == "data" and self.ins.limit is not None and x.shape[0] > self.ins.limit:
+            info["examples_in_file"] = int(x.shape[0])
+            x, y = x[:self.ins.limit], None if y is None else y[:self.ins.limit]
         info.update(examples=int(x.shape[0]), input_shape=list(x.shape[1:]), labelled=y is not None)
         if y is not None:
             info["classes"] = {str(int(c)): int(n) for c, n in zip(*torch.unique(y, return_counts=True), strict=True)}
@@ -248,16 +252,16 @@ class _Run:
             return CheckOutcome("scan", ERROR, f"{self.ins.model} holds no files to scan", threshold=threshold)
         failing = [f for f in report.findings if f.severity >= self.policy.scan_fail_on]
         worst = report.max_severity
-        text = worst.name.lower() if worst is not None else "no findings"
+        text = f"worst: {worst.name.lower()}" if worst is not None else "no findings"
         if failing:
             first = failing[0]
             return CheckOutcome("scan", FAIL, f"{len(failing)} finding(s) at or above "
                                 f"{self.policy.scan_fail_on.name.lower()}, e.g. {first.rule_id}: {first.message}",
-                                figure=float(len(failing)), figure_text=f"worst: {text}", threshold=threshold,
+                                figure=float(len(failing)), figure_text=text, threshold=threshold,
                                 details=details)
         return CheckOutcome("scan", PASS, f"{report.files_scanned} file(s) scanned, "
                             f"{len(report.findings)} finding(s), none at or above the threshold",
-                            figure=0.0, figure_text=f"worst: {text}", threshold=threshold, details=details)
+                            figure=0.0, figure_text=text, threshold=threshold, details=details)
 
     def check_signature(self) -> CheckOutcome:
         mode = self.policy.signature
