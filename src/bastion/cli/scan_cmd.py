@@ -47,11 +47,11 @@ def _text(report: ScanReport, threshold: Severity, quiet: bool) -> None:
     out.flush()
 
 
-def _run(paths: list[Path], policy: Policy, show_progress: bool) -> ScanReport:
+def _run(paths: list[Path], policy: Policy, show_progress: bool, exclude: list[str]) -> ScanReport:
     if not show_progress:
-        return scan_paths(paths, policy)
+        return scan_paths(paths, policy, exclude=exclude)
     listing_errors: list[str] = []
-    files = list(iter_files(paths, listing_errors))
+    files = list(iter_files(paths, listing_errors, exclude))
     total = 0
     for f in files:
         with contextlib.suppress(OSError):  # unreadable paths are reported by the scan itself
@@ -85,6 +85,10 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", "-c",
                                            help="YAML policy extending the default allowlist "
                                                 "(allow:, deny:, unknown_severity:, limits:)."),
+        exclude: list[str] = typer.Option([], "--exclude", "-x", metavar="GLOB",
+                                          help="Skip files and folders whose path (relative to the folder "
+                                               "scanned) or name matches GLOB; repeatable. .git, .venv, "
+                                               "__pycache__ and any virtual environment are skipped anyway."),
         quiet: bool = typer.Option(False, "--quiet", "-q",
                                    help="Only findings at or above --fail-on; no summary, no progress.", metavar=""),
     ) -> None:
@@ -102,11 +106,17 @@ def register(app: typer.Typer) -> None:
           bastion scan --format sarif . > scan.sarif
 
           bastion scan --fail-on critical --config policy.yaml model.pkl
+
+          bastion scan . --exclude 'data/*' --exclude '*.csv'
+
+        A folder is walked recursively and every regular file in it is sniffed by content (text and JSON
+        files come back clean); .git, .hg, .svn, .venv, __pycache__ and any folder holding pyvenv.cfg are
+        skipped unless named on the command line.
         """
         threshold = Severity.parse(fail_on, "--fail-on")
         policy = Policy.from_file(config) if config is not None else Policy.default()
         show_progress = not quiet and err_console.is_terminal
-        report = _run(paths, policy, show_progress)
+        report = _run(paths, policy, show_progress, exclude)
         if output_format is OutputFormat.json:
             body = report.to_dict()
             body["fail_on"] = threshold.name.lower()

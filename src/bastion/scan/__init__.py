@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePath
 
 from bastion.errors import InputError
@@ -100,10 +100,25 @@ def _scan_file(path: Path, policy: Policy) -> tuple[list[Finding], int]:
     return findings, size
 
 
-def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None = None) -> Iterable[Path]:
+#: folders a folder walk skips unless named explicitly: version-control internals and virtual environments
+SKIPPED_DIRS = (".git", ".hg", ".svn", ".venv", "__pycache__")
+
+
+def _excluded(rel: str, name: str, exclude: Sequence[str]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(rel, g + "/*")
+               for g in exclude)
+
+
+def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None = None,
+               exclude: Sequence[str] = (), skip_default: bool = True) -> Iterable[Path]:
     """Every regular file under ``paths`` (folders walked recursively, in sorted order).
 
-    Folders that cannot be listed are appended to ``errors`` (when given) instead of vanishing.
+    A folder walk skips :data:`SKIPPED_DIRS` and any folder holding ``pyvenv.cfg`` (a virtual
+    environment) unless ``skip_default`` is False, and every file or folder whose path relative to the
+    walked folder, or whose name, matches a glob in ``exclude``. Paths given explicitly are always
+    scanned. Folders that cannot be listed are appended to ``errors`` (when given) instead of vanishing.
     """
 
     def unreadable(exc: OSError) -> None:
@@ -118,9 +133,19 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None
         root = Path(p)
         if root.is_dir():
             for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-                dirnames.sort()
+                here = Path(dirpath)
+                keep = []
+                for d in sorted(dirnames):
+                    rel = (here / d).relative_to(root).as_posix()
+                    if skip_default and (d in SKIPPED_DIRS or (here / d / "pyvenv.cfg").is_file()):
+                        continue
+                    if not _excluded(rel, d, exclude):
+                        keep.append(d)
+                dirnames[:] = keep
                 for fname in sorted(filenames):
-                    full = Path(dirpath) / fname
+                    full = here / fname
+                    if exclude and _excluded(full.relative_to(root).as_posix(), fname, exclude):
+                        continue
                     # symlinked files are followed: a loader would read their targets too
                     if full.is_file():
                         yield full
@@ -129,11 +154,14 @@ def iter_files(paths: Iterable[str | os.PathLike[str]], errors: list[str] | None
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]], policy: Policy | None = None,
-               on_file: Callable[[Path, int], None] | None = None) -> ScanReport:
-    """Scan files and folders; unreadable paths go to ``report.errors`` (the CLI exits 2 on those)."""
+               on_file: Callable[[Path, int], None] | None = None, exclude: Sequence[str] = ()) -> ScanReport:
+    """Scan files and folders; unreadable paths go to ``report.errors`` (the CLI exits 2 on those).
+
+    Folder walks skip version-control folders and virtual environments, and whatever ``exclude`` names
+    (see :func:`iter_files`)."""
     pol = policy or Policy.default()
     report = ScanReport()
-    for path in iter_files(paths, report.errors):
+    for path in iter_files(paths, report.errors, exclude):
         try:
             findings, size = _scan_file(path, pol)
         except FileNotFoundError:

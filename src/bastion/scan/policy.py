@@ -235,6 +235,59 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     # scikit-learn estimators and their internals, torch layers and optimizers, NumPy bit generators and
     # SciPy sparse types: exact names where they are defined, each reviewed (see reviewed.py)
     *REVIEWED,
+    # pandas DataFrame/Series/Index pickles (pandas 2 and 3 name public classes under ``pandas``) and the
+    # pyarrow helpers its string arrays use: data constructors that read nothing but their arguments
+    "pandas:BooleanDtype",
+    "pandas:Categorical",
+    "pandas:CategoricalDtype",
+    "pandas:DataFrame",
+    "pandas:DatetimeIndex",
+    "pandas:Float64Dtype",
+    "pandas:Float32Dtype",
+    "pandas:Index",
+    "pandas:Int64Dtype",
+    "pandas:Int32Dtype",
+    "pandas:Int16Dtype",
+    "pandas:Int8Dtype",
+    "pandas:Interval",
+    "pandas:IntervalIndex",
+    "pandas:CategoricalIndex",
+    "pandas:TimedeltaIndex",
+    "pandas:PeriodIndex",
+    "pandas:MultiIndex",
+    "pandas:Period",
+    "pandas:RangeIndex",
+    "pandas:Series",
+    "pandas:StringDtype",
+    "pandas:DatetimeTZDtype",
+    "pandas._libs.arrays:__pyx_unpickle_NDArrayBacked",
+    "pandas._libs.internals:_unpickle_block",
+    "pandas._libs.tslibs.offsets:MonthEnd",
+    "pandas._libs.tslibs.offsets:Day",
+    "pandas._libs.tslibs.offsets:Hour",
+    "pandas._libs.tslibs.offsets:Minute",
+    "pandas._libs.tslibs.offsets:Second",
+    "pandas._libs.tslibs.timedeltas:_timedelta_unpickle",
+    "pandas._libs.tslibs.timestamps:_unpickle_timestamp",
+    "pandas.arrays:ArrowStringArray",
+    "pandas.arrays:BooleanArray",
+    "pandas.arrays:DatetimeArray",
+    "pandas.arrays:FloatingArray",
+    "pandas.arrays:IntegerArray",
+    "pandas.arrays:TimedeltaArray",
+    "pandas.arrays:StringArray",
+    "pandas.arrays:PeriodArray",
+    "pandas.arrays:IntervalArray",
+    "pandas.core.indexes.base:_new_Index",
+    "pandas.core.indexes.datetimes:_new_DatetimeIndex",
+    "pandas.core.indexes.period:_new_PeriodIndex",
+    "pandas.core.internals.managers:BlockManager",
+    "pandas.core.internals.managers:SingleBlockManager",
+    "pyarrow.lib:_restore_array",
+    "pyarrow.lib:py_buffer",
+    "pyarrow.lib:type_for_alias",
+    # NumPy's Cython unpickle helper of SeedSequence (random_state of gradient boosting and others)
+    "numpy.random.bit_generator:__pyx_unpickle_SeedSequence",
     # Python builtins and standard containers that hold data, not behaviour
     "builtins:set",
     "builtins:frozenset",
@@ -736,3 +789,10 @@ def _default_policy() -> Policy:
             deny=tuple((Pattern.parse(p), s) for p, s in DEFAULT_DENY),
         ))
     return _DEFAULT[0]
+
+
+def trusted_skops_types() -> list[str]:
+    """The classes the default policy admits, as skops' ``trusted=`` wants them: exact ``module.Name``
+    strings (scikit-learn, SciPy sparse and NumPy types; functions and ufuncs are left out)."""
+    return sorted(f"{m}.{n}" for m, _, n in (e.partition(":") for e in REVIEWED)
+                  if m.startswith(("sklearn", "scipy", "numpy.random")))
