@@ -17,7 +17,7 @@ from bastion.errors import BastionError, CapabilityError, DataLoadError, InputEr
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("assess", "attacks", "certify", "core", "data", "datasets", "defenses", "detect", "guard", "monitor", "scan", "sign", "zoo")
+_SUBPACKAGES = ("assess", "attacks", "certify", "core", "data", "datasets", "defenses", "detect", "guard", "monitor", "privacy", "scan", "sign", "zoo")
 _NAMES = {
     "L1": "bastion.core",
     "L2": "bastion.core",

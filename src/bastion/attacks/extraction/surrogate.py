@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bastion.attacks.inference.shadows import _reinitialise
+from bastion.attacks.inference.shadows import fresh_copy
 from bastion.core.adapters import Model, TorchModel
 
 #: surrogate factory: () -> a fresh, untrained module mapping inputs to logits
@@ -29,11 +28,7 @@ def default_factory(victim: Model, input_shape: tuple[int, ...], num_classes: in
         module = victim.module
 
         def same_architecture() -> nn.Module:
-            fresh = copy.deepcopy(module)
-            _reinitialise(fresh, int(torch.randint(0, 2**31 - 1, (1,))))
-            for p in fresh.parameters():
-                p.requires_grad_(True)
-            return fresh
+            return fresh_copy(module, int(torch.randint(0, 2**31 - 1, (1,))))
 
         return same_architecture, "copy architecture: the victim's, re-initialised"
     if len(input_shape) == 3 and input_shape[0] in (1, 3) and input_shape[1] == input_shape[2] >= 4:

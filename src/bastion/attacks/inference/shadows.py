@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,16 +51,30 @@ def _reinitialise(module: torch.nn.Module, seed: int) -> None:
                 b.fill_(1.0)
 
 
+def fresh_copy(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """An independent, trainable copy of ``module``'s architecture with freshly drawn weights."""
+    if isinstance(module, torch.jit.ScriptModule):
+        # deepcopy of a TorchScript module shares autograd history (non-leaf parameters an optimiser
+        # refuses); a save/load round trip gives independent leaf parameters
+        buf = io.BytesIO()
+        torch.jit.save(module, buf)
+        buf.seek(0)
+        fresh: torch.nn.Module = torch.jit.load(buf, map_location="cpu")
+    else:
+        fresh = copy.deepcopy(module).cpu()
+    _reinitialise(fresh, seed)
+    for p in fresh.parameters():
+        p.requires_grad_(True)
+    return fresh
+
+
 def torch_trainer(module: torch.nn.Module, *, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
                   batch_size: int = 64, weight_decay: float = 0.0) -> Trainer:
     """Shadows with ``module``'s architecture (fresh weights), trained with Adam and cross-entropy."""
     from bastion.zoo.train import train
 
     def fit(x: Tensor, y: Tensor, seed: int) -> object:
-        shadow = copy.deepcopy(module)
-        _reinitialise(shadow, seed)
-        for p in shadow.parameters():
-            p.requires_grad_(True)
+        shadow = fresh_copy(module, seed)
         return train(shadow, x, y, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                      seed=seed, device="cpu")
 
