@@ -7,6 +7,7 @@ draw for class 0 (radius sigma * Phi^-1(alpha^(1/n))), and IBP proves class 0 at
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -121,7 +122,10 @@ def test_ibp_reads_a_traced_cnn_as_its_layers(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["certify", "--model", str(model_path), "--data", str(data_path),
                                    "--method", "ibp", "--eps", "0,0.001,0.01", "--json"])
     assert res.exit_code == 0, res.output
-    got = json.loads(res.stdout)["certified_accuracy"]
+    report = json.loads(res.stdout)
+    got = report["certified_accuracy"]
+    assert report["verdict"] == "NO GATE"
+    assert report["provenance"]["model"]["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     want = [float(ibp_certify(net, torch.from_numpy(x), torch.from_numpy(y), e).double().mean())
             for e in (0.0, 0.001, 0.01)]
     assert got == want and got[0] == 1.0  # eps 0: every correctly classified example is certified

@@ -143,6 +143,8 @@ def test_harden_names_the_file_given_and_checks_outputs_before_training(files: d
     assert code == 0, text
     assert out.is_file() and not (tmp_path / "robust.pt.pt").exists()
     assert (tmp_path / "robust.safetensors").is_file() and (tmp_path / "robust.md").is_file()
+    md = (tmp_path / "robust.md").read_text()
+    assert _digest(files["train"]) in md and _digest(files["data"]) in md and _digest(out) in md
     assert bn.load_model(out).predict(torch.zeros(2, 1, 8, 8)).shape == (2,)
     stamp = out.stat().st_mtime_ns
     # Existing outputs: refused before any training (10,000 epochs would take hours).

@@ -21,6 +21,7 @@ from bastion.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     FACTORY_HELP,
+    command_line,
     err_console,
     handle_errors,
     parse_floats,
@@ -188,6 +189,7 @@ def certify(
     Exit codes: 0 passed (or no gate given); 1 certified accuracy below --min-certified-accuracy at
     some radius; 2 could not run (bad file, bad arguments).
     """
+    from bastion.assess.result import provenance
     from bastion.core.loading import load_model
     from bastion.datasets import load_data
 
@@ -236,7 +238,9 @@ def certify(
         report = _run_ibp(m, x, y, levels, bounds=(lo_hi[0], lo_hi[1]), show_progress=show)
     passed = min_certified_accuracy is None or all(a >= min_certified_accuracy for a in report["certified_accuracy"])
     report.update({"model": str(model), "data": str(data), "examples": int(x.shape[0]),
-                   "device": str(m.device), "min_certified_accuracy": min_certified_accuracy, "passed": passed})
+                   "device": str(m.device), "min_certified_accuracy": min_certified_accuracy, "passed": passed,
+                   "verdict": "NO GATE" if min_certified_accuracy is None else "PASS" if passed else "FAIL",
+                   "provenance": provenance(model, data, command_line())})
     if json_out:
         print_json(report)
     else:

@@ -22,6 +22,8 @@ DEMO_EPS = "0.05,0.1,0.2,0.3"
 #: (training epochs, test examples evaluated) for the full and --quick demos
 FULL = (15, 200)
 QUICK = (5, 40)
+#: test examples written to test.npz by both demos (the README's monitor windows need 100 or more)
+TEST_FILE_EXAMPLES = 200
 #: what the demo writes into --out (the reports are report.html, report.md, result.json)
 MODEL, CHECKPOINT, WEIGHTS, TRAIN, TEST = "model.pt", "ckpt.pt", "model.safetensors", "train.npz", "test.npz"
 FILES = (MODEL, CHECKPOINT, WEIGHTS, TRAIN, TEST, "report.html", "report.md", "result.json")
@@ -97,7 +99,8 @@ def demo_command(
         torch.save(state, tmp)
     with atomic_path(paths[WEIGHTS]) as tmp:
         save_file(state, str(tmp))
-    for name, (xs, ys) in ((TEST, (x, y)), (TRAIN, (data.x_train, data.y_train))):
+    test_split = (data.x_test[:TEST_FILE_EXAMPLES], data.y_test[:TEST_FILE_EXAMPLES])
+    for name, (xs, ys) in ((TEST, test_split), (TRAIN, (data.x_train, data.y_train))):
         with atomic_path(paths[name]) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, x=xs.numpy(), y=ys.numpy())
     result.provenance = provenance(model_path, data_path, command_line())

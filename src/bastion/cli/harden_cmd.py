@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # torch loads in seconds; only commands that need it pay for 
     import torch
     from torch import nn
 
-from bastion.cli.common import handle_errors, parse_shape, print_json, progress_bar
+from bastion.cli.common import command_line, handle_errors, parse_shape, print_json, progress_bar
 from bastion.cli.paths import atomic_path, check_output, write_text_atomic
 from bastion.errors import InputError
 
@@ -152,6 +152,14 @@ def _markdown(r: dict[str, Any]) -> str:
         rv = "-" if e["robust_val_acc"] is None else f"{e['robust_val_acc']:.3f}"
         lines.append(f"| {e['epoch']} | {e['loss']:.4f} | {cv} | {rv} | {e['time_s']:.2f} |")
     lines += ["", f"Files: `{r['files']['torchscript']}`, `{r['files']['safetensors']}`", ""]
+    prov = r.get("provenance")
+    if prov:
+        lines += ["## Provenance", "",
+                  f"- hardened model: `{prov['model']['path']}` (SHA-256 `{prov['model']['sha256']}`)",
+                  f"- training data: `{prov['data']['path']}` (SHA-256 `{prov['data']['sha256']}`)"]
+        if r.get("test_provenance"):
+            lines.append(f"- test data: `{r['test_provenance']['path']}` (SHA-256 `{r['test_provenance']['sha256']}`)")
+        lines += [f"- command: `{prov['command']}`", f"- Bastion {prov['bastion_version']}, {prov['created']} (UTC)", ""]
     return "\n".join(lines)
 
 
@@ -197,6 +205,7 @@ def harden(
     import torch
 
     import bastion as bn
+    from bastion.assess.result import provenance, sha256_of
     from bastion.attacks.evasion.base import PRECISIONS
     from bastion.core.validation import check_class_labels, check_inputs, check_labels
     from bastion.defenses import AdversarialTrainer
@@ -274,6 +283,8 @@ def harden(
         "train_examples": int(x_tr.shape[0]), "test_examples": int(x_te.shape[0]), "arch": arch, "method": method,
         "norm": norm, "eps": eps, "epochs": epochs, "steps": 1 if method == "fgsm-rs" else steps, "precision": precision, "schedule": schedule, "seed": seed, "best_epoch": trainer.best_epoch_,
         "standard": standard, "hardened": hardened, "history": trainer.history_, "files": files,
+        "provenance": provenance(files["torchscript"], data, command_line()),
+        "test_provenance": {"path": str(test), "sha256": sha256_of(test)} if test is not None else None,
     }
     md = write_text_atomic(paths["report"], _markdown(report))
     report["files"]["report"] = str(md)
