@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -126,6 +127,15 @@ def test_demo_quick_writes_reports(tmp_path: Path) -> None:
     model = bn.load_model(out / "model.pt")
     x, y = bn.datasets.load_data(out / "test.npz")
     assert y is not None and model.predict(x).shape == y.shape
+    # Everything the README's commands read: the train split, a plain checkpoint, the same weights as safetensors.
+    assert {"train.npz", "ckpt.pt", "model.safetensors"} <= names
+    x_tr, y_tr = bn.datasets.load_data(out / "train.npz")
+    assert y_tr is not None and x_tr.shape[1:] == (1, 8, 8) and x_tr.shape[0] == y_tr.shape[0] > 1000
+    state = bn.safe_load(out / "ckpt.pt")
+    same = bn.load_model(out / "model.safetensors", factory="bastion.zoo:SmallCNN(1, 10, 8, width=16)")
+    assert set(state) == set(same.module.state_dict())
+    assert torch.equal(same.predict(x), model.predict(x))
+    assert result["provenance"]["model"]["sha256"] == hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
 
 
 def test_gate_refuses_a_number_the_masking_checks_distrust(files: dict[str, Path], masked_cnn: nn.Module) -> None:
