@@ -151,10 +151,12 @@ def test_scores_only_model_gets_blackbox_attacks(digits: bn.datasets.Dataset) ->
     flat = bn.datasets.digits(flatten=True)
     clf = LogisticRegression(max_iter=200).fit(flat.x_train.numpy(), flat.y_train.numpy())
     x, y = flat.x_test[:16], flat.y_test[:16]
-    res = bn.evaluate(clf, x, y, epsilons=[0.1], suite="fast", keep_examples=0)
+    # replica=False keeps the estimator closed (by default an exact torch replica opens it).
+    res = bn.evaluate(clf, x, y, epsilons=[0.1], suite="fast", keep_examples=0, replica=False)
     assert [a.name for a in res.attacks] == ["Square"]
     assert any("APGD-CE: skipped" in note for note in res.settings["skipped"])
-    assert [f.check for f in res.findings] == ["blackbox_only"]
+    assert [(f.check, f.severity) for f in res.findings] == [("blackbox_only", "high")]
+    assert res.upper_bound and res.bounded_by == ["Square"]
     # Square's adversarials are real: the scikit-learn model misclassifies every one counted broken.
     broken = torch.isfinite(res.broken_eps) & res.correct
     assert broken.any()

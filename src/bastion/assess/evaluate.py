@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bastion.assess.checks import CheckContext, run_checks
+from bastion.assess.probing import ScoresOnly, gradient_findings, probe_gradients
 from bastion.assess.result import AttackStats, EvaluationResult, Finding, KeptExample
 from bastion.assess.suites import AttackSpec, resolve_suite
 from bastion.attacks.evasion.base import Attack, MinimizationAttack
@@ -33,7 +34,8 @@ Progress = Callable[[str, int, int], None]
 def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, norm: str | Norm = "linf",
              epsilons: float | Sequence[float] | None = None, suite: str | Sequence[Attack | str] = "standard",
              seed: int = 0, batch_size: int | None = None, keep_examples: int = 16, checks: bool = True,
-             progress: Progress | None = None, epsilon_labels: Sequence[str] | None = None) -> EvaluationResult:
+             progress: Progress | None = None, epsilon_labels: Sequence[str] | None = None,
+             allow_blackbox_only: bool = False, replica: bool = True) -> EvaluationResult:
     """Measure robust accuracy against an ensemble of attacks, with gradient-masking checks.
 
     Example::
@@ -47,6 +49,11 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     standard AutoAttack's robust accuracy in a fifth of its time), ``"autoattack"`` (AutoAttack's own
     composition and budgets, for comparison with papers), ``"thorough"``, ``"fast"`` (screening only),
     or a list of attacks (instances or names such as ``"apgd-t"``).
+    A model without gradients (scikit-learn, ONNX, endpoints, detached logits) is opened with an exact
+    torch replica where one exists (``replica=True``: linear models, linear SVMs, MLPs, after scalers and
+    PCA; success is always counted on the real model). Otherwise only score- or decision-based attacks
+    run, their figure is an upper bound, and a HIGH ``blackbox_only`` finding says so (it fails a gate
+    unless ``allow_blackbox_only=True``, which lowers it to a warning).
     ``checks`` runs the masking checks of Carlini et al. (2019) on a subsample; their results are in
     ``result.findings``. ``epsilon_labels`` names each epsilon in reports (e.g. ``"8/255"``).
     """
@@ -76,6 +83,21 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     num_classes = probed if probed is not None else m.infer_num_classes(xt)
     yt = check_labels(y, xt.shape[0], num_classes, argument="y", device=m.device)
 
+    # Ask the model for gradients before trusting its type: a module may return detached or flat logits.
+    probe_found: list[Finding] = []
+    if Capability.GRADIENTS in m.capabilities:
+        probe = probe_gradients(m.adaptive(), xt, yt)
+        probe_found = gradient_findings(probe)
+        if not probe.has_graph:
+            m = ScoresOnly(m)
+    opened_note = ""
+    if replica and Capability.GRADIENTS not in m.capabilities:
+        from bastion.core.replica import open_model
+
+        opened, opened_note = open_model(m, xt, batch_size)
+        if opened is not None:
+            m = opened
+
     runner = _Ensemble(m, geometry, xt, yt, seed, batch_size, num_classes)
     notes: list[str] = []
     attacks = runner.build(specs, notes)
@@ -99,11 +121,10 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
 
     findings: list[Finding] = [Finding("attack_unavailable", "warning", note, {}) for note in notes
                                if note.startswith("unavailable")]
-    if not any(s.family == "white-box" for s, _ in attacks):
-        findings.append(Finding("blackbox_only", "info",
-                                "no gradient attack could run on this model, so robust accuracy comes from black-box "
-                                "attacks alone and is an upper bound; evaluate a differentiable copy (PyTorch) for a "
-                                "tighter one", {"skipped": notes}))
+    findings += probe_found
+    bounded_by = [] if any(s.family == "white-box" for s, _ in attacks) else [s.name for s, _ in attacks]
+    if bounded_by:
+        findings.append(_blackbox_finding(bounded_by, notes, opened_note, allow_blackbox_only))
     t_checks = 0.0
     if checks:
         if progress is not None:
@@ -137,6 +158,8 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         "adaptive_notes": list(getattr(m, "adaptive_notes", ())),
         "adaptive_view": runner.adaptive is not m,
         "torch": torch.__version__,
+        "replica": opened_note or None,
+        "allow_blackbox_only": allow_blackbox_only,
     }
     return EvaluationResult(
         norm=geometry.name, epsilons=list(eps_list), epsilon_labels=labels, n_examples=int(xt.shape[0]),
@@ -144,7 +167,19 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         correct=runner.correct.cpu(), broken_eps=runner.broken_eps.cpu(), broken_by=runner.broken_by,
         x_adv=runner.x_adv.cpu(), adv_pred=runner.adv_pred.cpu(), distance=runner.distance.cpu(),
         attacks=list(stats.values()), findings=findings, examples=runner.kept(keep_examples),
-        settings=settings, timings=timings)
+        settings=settings, timings=timings, upper_bound=bool(bounded_by), bounded_by=bounded_by)
+
+
+def _blackbox_finding(bounded_by: list[str], notes: list[str], opened_note: str, allowed: bool) -> Finding:
+    """Robust accuracy from score/decision-based attacks alone: an upper bound, HIGH unless accepted."""
+    why = f" ({opened_note})" if opened_note else ""
+    accepted = "; accepted with allow_blackbox_only / --allow-blackbox-only" if allowed else \
+        "; a gate fails on it unless --allow-blackbox-only"
+    return Finding("blackbox_only", "warning" if allowed else "high",
+                   f"no gradient attack could run on this model{why}, so robust accuracy is an UPPER BOUND set by "
+                   f"{', '.join(bounded_by)} alone: the true figure can be far lower. Evaluate a differentiable copy "
+                   f"(PyTorch, or a replicable scikit-learn model) for a tighter one{accepted}",
+                   {"upper_bound": True, "bounded_by": bounded_by, "skipped": notes, "replica": opened_note or None})
 
 
 def _labels(eps_list: list[float], given: Sequence[str] | None) -> list[str]:

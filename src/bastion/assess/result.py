@@ -178,6 +178,10 @@ class EvaluationResult:
     gate: dict[str, Any] = field(default_factory=lambda: {"verdict": NO_GATE, "checks": []})
     #: model and data files with SHA-256, command line, Bastion version, time (:func:`provenance`)
     provenance: dict[str, Any] = field(default_factory=provenance)
+    #: True when robust accuracy comes from score/decision-based attacks alone (then it is an upper bound)
+    upper_bound: bool = False
+    #: the black-box attacks that set that upper bound
+    bounded_by: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -235,6 +239,8 @@ class EvaluationResult:
             "examples": [k.to_dict(with_arrays) for k in self.examples],
             "settings": _json_safe(self.settings),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "upper_bound": self.upper_bound,
+            "bounded_by": list(self.bounded_by),
         }
 
     def to_json(self, indent: int | None = 2, with_arrays: bool = False) -> str:
@@ -273,7 +279,9 @@ class EvaluationResult:
                 examples=examples, settings=dict(data.get("settings", {})),
                 timings={k: float(v) for k, v in data.get("timings", {}).items()},
                 gate=dict(data.get("gate") or {"verdict": NO_GATE, "checks": []}),
-                provenance=dict(data.get("provenance") or {}))
+                provenance=dict(data.get("provenance") or {}),
+                upper_bound=bool(data.get("upper_bound", False)),
+                bounded_by=[str(v) for v in data.get("bounded_by", [])])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             from bastion.errors import InputError
 
