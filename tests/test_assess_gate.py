@@ -1,9 +1,10 @@
 """`bastion assess`: verdicts and exit codes on models with a known answer, skips, policy errors, outputs.
 
-Known answers: a constant model (always class 0, every label 0) cannot be broken by any perturbation, so
-its robust accuracy is exactly 1 and the gate passes; a model deciding on the mean pixel (class 0 above
-0.5) with every pixel at 0.55 is broken by moving every pixel by 0.1, so its robust accuracy at linf 0.1
-is exactly 0 for any attack that follows the gradient and the gate fails.
+Known answers: a model deciding on the mean pixel (class 0 above 0.5) cannot be moved across 0.5 by a
+linf budget of 0.1 from inputs whose pixels are all 0.95 (robust accuracy exactly 1, the gate passes), and
+is broken from pixels at 0.55 by moving every pixel down by 0.1 (robust accuracy exactly 0 for any attack
+that follows the gradient, the gate fails). A constant model is unbreakable too, but its gradients are
+exactly zero, so its perfect figure proves nothing and the masking rule fails it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Constant(nn.Module):
 
 class MeanThreshold(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
-        s = 20.0 * (x.flatten(1).mean(1, keepdim=True) - 0.5)
+        s = 4.0 * (x.flatten(1).mean(1, keepdim=True) - 0.5)
         return torch.cat([s, -s], dim=1)
 
 
@@ -56,6 +57,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[name] = folder / "model.pt"
     out["data"] = root / "test.npz"
     np.savez(out["data"], x=np.full((N, 1, 4, 4), 0.55, dtype=np.float32), y=np.zeros(N, dtype=np.int64))
+    out["far"] = root / "far.npz"
+    np.savez(out["far"], x=np.full((N, 1, 4, 4), 0.95, dtype=np.float32), y=np.zeros(N, dtype=np.int64))
     out["policy"] = root / "policy.yaml"
     out["policy"].write_text(POLICY, encoding="utf-8")
     return out
@@ -75,7 +78,7 @@ def checks(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_unbreakable_model_passes(files: dict[str, Path]) -> None:
-    code, body = run_json("--model", files["constant"], "--data", files["data"], "--policy", files["policy"],
+    code, body = run_json("--model", files["mean"], "--data", files["far"], "--policy", files["policy"],
                           "--budget", "fast")
     c = checks(body)
     assert code == 0, body
@@ -86,6 +89,19 @@ def test_unbreakable_model_passes(files: dict[str, Path]) -> None:
     assert c["robust_accuracy"]["atlas_technique"] == "AML.T0043"
     assert "AML.M0003" in c["robust_accuracy"]["atlas_mitigations"]
     assert c["robust_accuracy"]["nist_class"] == "Evasion"
+
+
+def test_zero_gradients_fail_the_gate_unless_masking_is_allowed(files: dict[str, Path], tmp_path: Path) -> None:
+    # standard budget: the masking checks run (the unbounded attack fails on it, its gradients are zero)
+    code, body = run_json("--model", files["constant"], "--data", files["data"], "--policy", files["policy"],
+                          "--budget", "standard", "--limit", 12)
+    rob = checks(body)["robust_accuracy"]
+    assert code == 1 and rob["figure"] == 1.0 and "masking" in rob["reason"]
+    allow = tmp_path / "allow.yaml"
+    allow.write_text("robust_accuracy: {eps: 0.1, min: 0.5, allow_masking: true}\n", encoding="utf-8")
+    code, body = run_json("--model", files["constant"], "--data", files["data"], "--policy", allow, "--budget",
+                          "standard", "--limit", 12)
+    assert code == 0, checks(body)["robust_accuracy"]
 
 
 def test_breakable_model_fails_with_exit_1(files: dict[str, Path], tmp_path: Path) -> None:
