@@ -152,8 +152,9 @@ def create_app(gw: Gateway) -> FastAPI:
                               else json.dumps(given, default=str)[:200], first.get("msg", "a valid request body"))
         return await rejected(request, rej)
 
-    def require(scope: str) -> Callable[[Request], KeyInfo]:
-        def dependency(request: Request) -> KeyInfo:
+    def require(scope: str) -> Callable[[Request], Awaitable[KeyInfo]]:
+        # async: FastAPI runs a sync dependency in its thread pool, a hop per request.
+        async def dependency(request: Request) -> KeyInfo:
             request.state.t0 = time.perf_counter()
             presented = _presented_key(request)
             if not presented:

@@ -7,9 +7,10 @@ that: every ``checkpoint_every`` records or ``checkpoint_seconds`` seconds the h
 hash) is signed with the operator's Ed25519 key (``bastion keygen``), whose private half the database
 never sees. :func:`verify` names the first record that was altered, inserted or deleted.
 
-Durability with low latency (group commit): request handlers hand their record to one writer thread per
-process and wait; the writer takes every record waiting at that moment, appends them in one transaction
-with one durable commit, and only then wakes the handlers, which answer. A 2xx therefore always has a
+Durability with low latency (group commit): request handlers queue their record and wait; one flush per
+turn of the event loop takes every record queued at that moment, appends them in one transaction with one
+durable commit, and only then wakes the handlers, which answer (no thread hop on the request path: under
+load, handing work to a thread and back costs more than the commit). A 2xx therefore always has a
 committed record, and concurrent requests share one fsync instead of paying one each. Several processes
 (workers, replicas) append to the same chain: the head row is locked inside the transaction.
 """
@@ -23,15 +24,14 @@ import hashlib
 import io
 import json
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from bastion.guard.db import AuditRecord, ChainHead, Checkpoint
@@ -43,6 +43,15 @@ GENESIS = "0" * 64
 HASHED_FIELDS = ("time", "request_id", "key_id", "client", "model_name", "model_version", "input_sha256",
                  "input_data", "output", "decision", "status", "reason", "scores", "latency_ms")
 _CHECKPOINT_CONTEXT = b"bastion-audit-checkpoint-v1\n"
+
+
+# Built once: SQLAlchemy then reuses their compiled form on every request.
+# Touching the head row first takes the write lock (row lock in PostgreSQL, BEGIN IMMEDIATE in SQLite), so
+# processes sharing the chain append one after another; RETURNING reads it in the same statement.
+_LOCK_HEAD = (update(ChainHead).where(ChainHead.id == 1).values(seq=ChainHead.seq)
+              .returning(ChainHead.seq, ChainHead.hash))
+_INSERT = insert(AuditRecord)
+_SET_HEAD = update(ChainHead).where(ChainHead.id == 1).values(seq=bindparam("s"), hash=bindparam("h"))
 
 
 def now_iso() -> str:
@@ -70,12 +79,6 @@ def _clean(entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class _Pending:
-    entry: dict[str, Any]
-    done: Callable[[int | None, BaseException | None], None]
-
-
 class AuditLog:
     """Append records durably (group commit) to the chain in ``engine``; sign checkpoints with ``signing_key``."""
 
@@ -86,7 +89,9 @@ class AuditLog:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._flush_scheduled = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_checkpoint = time.monotonic()
         self.commits = 0
@@ -94,99 +99,72 @@ class AuditLog:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> AuditLog:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bastion-audit-writer", daemon=True)
+        """Start the thread that signs a checkpoint after ``checkpoint_seconds`` without one."""
+        if self._thread is None and self.signing_key is not None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="bastion-audit-checkpoints", daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._stopping.set()
             self._thread.join(timeout=30)
             self._thread = None
 
+    def _run(self) -> None:
+        while not self._stopping.wait(max(0.05, self.checkpoint_seconds - (time.monotonic() - self._last_checkpoint))):
+            if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
+                self._idle_checkpoint()
+        self._idle_checkpoint()
+
     # -- appending -------------------------------------------------------------------------------
     async def append(self, entry: dict[str, Any]) -> int:
-        """Append ``entry``; return its sequence number once it is durably committed."""
+        """Append ``entry``; return its sequence number once it is durably committed.
+
+        Group commit on the event loop, without a thread hop: the first request that finds no flush
+        scheduled schedules one for the loop's next turn; every request handled until then joins it.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-
-        def done(seq: int | None, exc: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, seq, exc)
-
-        self._queue.put(_Pending(entry, done))
+        self._pending.append((entry, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await fut
 
     def append_sync(self, entry: dict[str, Any]) -> int:
-        """Append ``entry`` from synchronous code (CLI, tests); blocks until committed."""
-        if self._thread is None:
-            return self._write([entry])[0]
-        event = threading.Event()
-        result: list[Any] = [None, None]
+        """Append ``entry`` from synchronous code (CLI, tests); returns once committed."""
+        return self._write([entry])[0]
 
-        def done(seq: int | None, exc: BaseException | None) -> None:
-            result[0], result[1] = seq, exc
-            event.set()
-
-        self._queue.put(_Pending(entry, done))
-        event.wait()
-        if result[1] is not None:
-            raise result[1]
-        return int(result[0])
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            timeout = max(0.05, self.checkpoint_seconds - (time.monotonic() - self._last_checkpoint))
-            try:
-                first = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._idle_checkpoint()
-                continue
-            batch: list[_Pending] = []
-            if first is None:
-                stopping = True
-            else:
-                batch.append(first)
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if batch:
-                self._flush(batch)
-        self._idle_checkpoint()
-
-    def _flush(self, batch: list[_Pending]) -> None:
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+        if self._pending:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         try:
-            seqs = self._write([p.entry for p in batch])
-        except Exception as exc:  # the database is down or refused: every waiting request fails
+            seqs = self._write([e for e, _ in batch])
+        except Exception as exc:  # the database is down or refused: every waiting request fails (503)
             log.exception("audit write failed")
-            for p in batch:
-                p.done(None, exc)
+            for _, fut in batch:
+                _settle(fut, None, exc)
             return
-        for p, seq in zip(batch, seqs, strict=True):
-            p.done(seq, None)
+        for (_, fut), seq in zip(batch, seqs, strict=True):
+            _settle(fut, seq, None)
 
     def _write(self, entries: list[dict[str, Any]]) -> list[int]:
         rows = [_clean(e) for e in entries]
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            # Touching the head row first takes the write lock (row lock in PostgreSQL, BEGIN IMMEDIATE in
-            # SQLite), so processes sharing the chain append one after another.
-            conn.execute(update(ChainHead).where(ChainHead.id == 1).values(seq=ChainHead.seq))
-            seq, prev = conn.execute(select(ChainHead.seq, ChainHead.hash).where(ChainHead.id == 1)).one()
+            seq, prev = conn.execute(_LOCK_HEAD).one()
             start = seq
             for row in rows:
                 seq += 1
                 row["seq"] = seq
                 row["prev_hash"] = prev
                 row["hash"] = prev = record_hash(row, prev)
-            conn.execute(insert(AuditRecord), rows)
-            conn.execute(update(ChainHead).where(ChainHead.id == 1).values(seq=seq, hash=prev))
+            conn.execute(_INSERT, rows)
+            conn.execute(_SET_HEAD, {"s": seq, "h": prev})
             if self.signing_key is not None and (seq // self.checkpoint_every > start // self.checkpoint_every):
                 self._checkpoint(conn, seq, prev)
         self.commits += 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ SCOPES = ("infer", "read-audit", "admin")
 PREFIX = "bst"
 #: scrypt cost: N=2**14, r=8, p=1 (about 16 MiB, tens of ms), the interactive-login setting of the paper
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+_REVOKED = select(ApiKey.revoked_at).where(ApiKey.key_id == bindparam("k"))
 #: the Redis key holding the revocation counter
 REVOCATION_COUNTER = "bastion:guard:keys:revocations"
 
@@ -169,7 +170,22 @@ class Authenticator:
     def _row(self, key_id: str) -> KeyInfo | None:
         redis = self.store.redis
         if redis is None:
-            return self.store.get(key_id)
+            # No Redis to announce revocations: read the one column that matters on every request (a
+            # prebuilt primary-key lookup); the rest of the row is cached for cache_ttl.
+            with self.store.engine.connect() as conn:
+                found = conn.execute(_REVOKED, {"k": key_id}).first()
+            if found is None:
+                return None
+            cached = self._rows.get(key_id)
+            if cached is None or cached[1] is None or time.monotonic() - cached[0] >= self.cache_ttl:
+                info = self.store.get(key_id)
+                with self._lock:
+                    self._rows[key_id] = (time.monotonic(), info)
+            else:
+                info = cached[1]
+            if info is not None and found[0] is not None and info.revoked_at is None:
+                info = self.store.get(key_id)
+            return info
         counter = redis.get(REVOCATION_COUNTER)
         now = time.monotonic()
         if counter != self._counter:
