@@ -16,6 +16,10 @@ from torch import Tensor
 from bastion.detect.base import PoisonDetector
 from bastion.errors import InputError
 
+#: inverse L2 strength of the default logistic regression: a strongly regularised model cannot memorise
+#: the flipped labels of the other folds, so its out-of-sample probabilities contradict them more clearly
+REGULARISATION = 0.1
+
 
 class LabelIssues(PoisonDetector):
     """Score = 1 - cleanlab's label quality (self-confidence); records cleanlab calls issues are flagged.
@@ -37,7 +41,10 @@ class LabelIssues(PoisonDetector):
         self._given_probs = None if pred_probs is None else np.asarray(pred_probs, dtype=np.float64)
         xt, yt = check_records(x, y)
         self._fit(model, xt, yt)
-        self.labels_ = self._decide(self.scores_, yt)
+        # The training records get cleanlab's own decision (not a pure score cut: confident learning
+        # thresholds per class); the scalar threshold_ extends it to new records.
+        self.labels_ = np.zeros(len(self.scores_), dtype=bool)
+        self.labels_[self.issues_] = True
         return self
 
     def _features(self, x: Tensor) -> np.ndarray:
@@ -68,7 +75,7 @@ class LabelIssues(PoisonDetector):
         else:
             feats = self._features(x)
             est = (clone(model) if hasattr(model, "predict_proba")
-                   else make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)))
+                   else make_pipeline(StandardScaler(), LogisticRegression(C=REGULARISATION, max_iter=2000)))
             probs = cross_val_predict(est, feats, yy, cv=self.folds, method="predict_proba")
             self.estimator_ = est.fit(feats, yy)
         ranked = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")

@@ -33,8 +33,8 @@ class NeuralCleanse:
 
     name = "neural-cleanse"
 
-    def __init__(self, steps: int = 300, lr: float = 0.1, cost: float = 1e-2, min_success: float = 0.9,
-                 threshold: float = 2.0, max_inputs: int = 256, seed: int = 0) -> None:
+    def __init__(self, steps: int = 150, lr: float = 0.1, cost: float = 0.05, min_success: float = 0.9,
+                 threshold: float = 2.0, max_inputs: int = 100, seed: int = 0) -> None:
         self.steps = steps
         self.lr = lr
         self.cost = cost
