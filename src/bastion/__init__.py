@@ -17,7 +17,7 @@ from bastion.errors import BastionError, CapabilityError, DataLoadError, InputEr
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("assess", "attacks", "certify", "core", "data", "datasets", "defenses", "detect", "guard", "monitor", "privacy", "scan", "sign", "zoo")
+_SUBPACKAGES = ("assess", "attacks", "certify", "core", "data", "datasets", "defenses", "detect", "guard", "monitor", "privacy", "registry", "respond", "scan", "sign", "zoo")
 _NAMES = {
     "L1": "bastion.core",
     "L2": "bastion.core",
@@ -34,7 +34,7 @@ _NAMES = {
 }
 
 if TYPE_CHECKING:
-    from bastion import assess, attacks, certify, core, data, datasets, defenses, detect, guard, monitor, scan, sign, zoo
+    from bastion import assess, attacks, certify, core, data, datasets, defenses, detect, guard, monitor, privacy, registry, respond, scan, sign, zoo
     from bastion.assess.evaluate import evaluate
     from bastion.core import L1, L2, Capability, Linf, Model, Norm, ThreatModel, get_norm, wrap
     from bastion.core.loading import load_model
@@ -83,6 +83,8 @@ __all__ = [
     "guard",
     "load_model",
     "monitor",
+    "registry",
+    "respond",
     "safe_load",
     "scan",
     "sign",
