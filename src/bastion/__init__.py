@@ -83,6 +83,7 @@ __all__ = [
     "guard",
     "load_model",
     "monitor",
+    "privacy",
     "registry",
     "respond",
     "safe_load",
