@@ -220,3 +220,68 @@ def test_names_from_files_are_escaped_in_every_output(tmp_path: Path, fmt: str) 
     assert res.exit_code == 1
     assert "\x1b" not in res.output and "\x07" not in res.output and "\u202e" not in res.output
     assert "\\x1b[2J" in res.output or "\\\\x1b[2J" in res.output
+
+
+# -- class 9: legacy checkpoints ----------------------------------------------------------------------
+
+def _legacy() -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.randn(10, 3), "n": torch.tensor(3), "h": torch.zeros(4, dtype=torch.float16)}, buf,
+               _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("cut", [1, 7, 20, 60])
+def test_truncated_legacy_checkpoints_are_high(cut: int) -> None:
+    data = _legacy()
+    assert _worst(data, "ok.pt") is None
+    for wrapped in (data[:-cut], gzip.compress(data[:-cut]), _tar({"m.pt": data[:-cut]})):
+        assert _worst(wrapped, "t.pt") == Severity.HIGH
+
+
+# -- class 4: polyglots ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("program", [b"cos\nsystem\n(S'id'\ntR.", b"cposix\nsystem\n(S'id'\ntR.",
+                                     b"csubprocess\ncall\n(S'id'\ntR."])
+def test_a_tar_whose_header_is_a_pickle_is_scanned_as_both(program: bytes) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo(program.decode("latin-1"))
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    assert pickle.loads.__name__  # pickle.load on these bytes would run the program: never called here
+    for data in (buf.getvalue(), gzip.compress(buf.getvalue()), _zip({"inner.tar": buf.getvalue()})):
+        assert _worst(data, "p.tar") is Severity.CRITICAL
+
+
+# -- class 5: format recognition -------------------------------------------------------------------------
+
+_LAMBDA = {"class_name": "Sequential", "config": {"layers": [
+    {"class_name": "Lambda", "config": {"function": ["x"], "function_type": "lambda"}}]}}
+
+
+@pytest.mark.parametrize("userblock", [512, 1024, 2048, 4096])
+def test_hdf5_with_a_user_block_is_recognised(userblock: int) -> None:
+    import h5py
+
+    f = io.BytesIO()
+    with h5py.File(f, "w", userblock_size=userblock) as h:
+        h.attrs["model_config"] = json.dumps(_LAMBDA)
+    data = f.getvalue()
+    assert _worst(data, "m.h5") is Severity.CRITICAL
+    assert _worst(b"\x80\x04N." + data[4:], "m.h5") is Severity.CRITICAL  # a pickle in the user block
+    assert _worst(_zip({"m.h5": data}), "m.zip") is Severity.CRITICAL
+
+
+@pytest.mark.parametrize("layer", [
+    {"module": "keras.src.utils.file_utils", "class_name": "get_file", "config": {}},
+    {"module": "keras.layers", "class_name": "TFSMLayer", "config": {"filepath": "/tmp/x"}},
+    {"module": "keras.layers", "class_name": "StringLookup", "config": {"vocabulary": "/etc/passwd"}},
+])
+def test_keras_modules_are_not_trusted_by_name_with_or_without_metadata(layer: dict[str, object]) -> None:
+    config = json.dumps({"module": "keras", "class_name": "Sequential", "config": {"layers": [layer]}}).encode()
+    for members in ({"config.json": config, "metadata.json": b"{}"}, {"config.json": config},
+                    {"config.json": config, "model.weights.h5": b""}):
+        assert _worst(_zip(members), "m.keras") >= Severity.HIGH  # type: ignore[operator]

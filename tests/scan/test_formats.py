@@ -368,8 +368,12 @@ def test_keras2_custom_objects_outside_layers_and_the_root_model() -> None:
     assert_flagged(_h5({"model_config": json.dumps(root)}), "BASTION-KERAS-CUSTOM")
     assert_clean(_h5({"model_config": json.dumps(_keras2_model()),
                       "training_config": json.dumps({"class_name": "Whatever", **_TRAINING})}))
-    # Keras 3 layers carry their module, which is what decides there
-    assert_clean(_keras_zip(_keras_config({"module": "keras.layers", "class_name": "NewBuiltin",
+    # Keras 3 layers carry their module, but a keras module is not trusted for its name alone (issue 9):
+    # only reviewed layers and config objects pass
+    assert_flagged(_keras_zip(_keras_config({"module": "keras.layers", "class_name": "NewBuiltin",
+                                             "config": {"name": "n"}, "registered_name": None})),
+                   "BASTION-KERAS-CUSTOM")
+    assert_clean(_keras_zip(_keras_config({"module": "keras.layers", "class_name": "Dense",
                                            "config": {"name": "n"}, "registered_name": None})))
 
 

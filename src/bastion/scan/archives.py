@@ -88,7 +88,9 @@ def _classify_zip(names: list[str]) -> frozenset[str]:
         hints.add("torch")
     if any(n.endswith("constants.pkl") or "/code/" in f"/{n}" for n in names):
         hints.update({"torch", "torchscript"})
-    if "config.json" in names and "metadata.json" in names:
+    # Keras reads config.json whether or not metadata.json and the weights are there
+    if "config.json" in names and ("metadata.json" in names or any(n.endswith(".weights.h5") for n in names)
+                                   or len(names) <= 3):
         hints.add("keras")
     return frozenset(hints)
 
@@ -428,6 +430,18 @@ def scan_tar(ctx: Context, data: memoryview, inner: str, depth: int, hints: froz
     except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"tar archive cannot be read ({exc})")
         return
+    if "storage" not in hints:
+        # a tar header begins with the first member's name, which pickle.load / np.load(allow_pickle=True)
+        # read as opcodes: a name can be a whole pickle program (a tar/pickle polyglot)
+        from bastion.scan.engine import scan_maybe_pickle
+
+        probe = Context(ctx.path, ctx.policy, size=ctx.size)
+        scan_maybe_pickle(probe, data[:512], inner, depth, frozenset({"storage"}))
+        bad = [f for f in probe.findings if f.severity >= Severity.HIGH and f.rule_id != "BASTION-PARSE"]
+        if bad:
+            ctx.emit("BASTION-TRAILING-DATA", Severity.MEDIUM, inner, "",
+                     "the tar header also reads as a pickle (a polyglot); scanned as both")
+            ctx.findings.extend(bad)
     names = [m.name for m in members]
     member_hints = hints | (frozenset({"torch"}) if {"pickle", "storages", "tensors"} <= set(names) else frozenset())
     for m in members:

@@ -220,6 +220,14 @@ def trailing(ctx: Context, data: memoryview, end: int, inner: str, depth: int, f
     if end <= 0 or end >= len(data):
         return
     rest = data[end:]
+    if hdf5_offset(data) is not None:
+        # the pickle sits in an HDF5 user block: h5py and Keras read the same file as HDF5
+        from bastion.scan.formats import scan_hdf5
+
+        ctx.emit("BASTION-TRAILING-DATA", Severity.MEDIUM, inner, f"offset 0x{end:x}",
+                 f"the {fmt} is followed by an HDF5 superblock (a user block polyglot); scanned as HDF5 too")
+        scan_hdf5(ctx, data, inner, depth, frozenset())
+        return
     kind = sniff(bytes(rest[:_SNIFF_BYTES]), len(rest))
     if kind in ("unknown", "maybe-pickle"):
         from bastion.scan.archives import opens_as_zip
@@ -238,9 +246,26 @@ def _has_zip_end(data: memoryview) -> bool:
     return b"PK\x05\x06" in tail
 
 
+def hdf5_offset(data: memoryview) -> int | None:
+    """Where an HDF5 superblock sits after a user block (512, 1024, 2048... bytes): h5py finds it there."""
+    from bastion.scan.sniff import HDF5_MAGIC
+
+    off = 512
+    while off + 8 <= len(data):
+        if data[off:off + 8] == HDF5_MAGIC:
+            return off
+        off *= 2
+    return None
+
+
 def scan_unknown(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str:
     # an unrecognised blob may still be a zip with data in front (zip readers look at the end); tensor
     # storages are raw numbers, and four bytes of end-of-directory signature there mean nothing
+    if "storage" not in hints and hdf5_offset(data) is not None:
+        from bastion.scan.formats import scan_hdf5
+
+        scan_hdf5(ctx, data, inner, depth, hints)
+        return "hdf5"
     if "storage" in hints or len(data) < 22 or not _has_zip_end(data):
         return "unknown"
     from bastion.scan.archives import opens_as_zip, scan_zip
@@ -257,6 +282,62 @@ def scan_torch_legacy(ctx: Context, data: memoryview, inner: str, depth: int, hi
     if res.pickles < 5 and not res.failed:
         ctx.emit("BASTION-PARSE", Severity.HIGH, inner, f"offset 0x{res.end:x}",
                  f"legacy PyTorch checkpoint holds {res.pickles} of its 5 pickles; truncated or corrupt")
+        return
+    if res.pickles == 5 and not res.failed:
+        problem = _legacy_storage_problem(data)
+        if problem and problem.startswith("+"):
+            trailing(ctx, data, int(problem[1:]), inner, depth, "legacy PyTorch checkpoint")
+            if _has_zip_end(data[int(problem[1:]):]) or sniff(bytes(data[int(problem[1:]):][:64]), 64) != "unknown":
+                return
+            ctx.emit("BASTION-TRAILING-DATA", Severity.MEDIUM, inner, f"offset 0x{int(problem[1:]):x}",
+                     f"{len(data) - int(problem[1:])} bytes follow the last storage (torch.load ignores them)")
+        elif problem:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"legacy PyTorch checkpoint: {problem}; "
+                     "torch.load cannot read it, so it is not called clean")
+
+
+_STORAGE_SIZES = {"Byte": 1, "Char": 1, "Bool": 1, "QUInt8": 1, "QInt8": 1, "QUInt4x2": 1, "QUInt2x4": 1,
+                  "Short": 2, "Half": 2, "BFloat16": 2, "Int": 4, "Float": 4, "QInt32": 4, "Long": 8,
+                  "Double": 8, "ComplexFloat": 8, "ComplexDouble": 16}
+_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "STRING", "SHORT_BINSTRING", "BINSTRING"})
+
+
+def _legacy_storage_problem(data: memoryview) -> str | None:
+    """What is wrong with the raw storages (None: nothing; ``"+N"``: bytes follow from offset N). After the 5 pickles come, per storage key (in the 5th pickle's order), an 8-byte element count and
+    the raw elements, whose size the storage type in the object pickle's persistent ids gives."""
+    import io
+    import pickletools
+
+    fh = io.BytesIO(bytes(data))
+    sizes: dict[str, int] = {}
+    keys: list[str] = []
+    pending: int | None = None
+    try:
+        for i in range(5):
+            for op, arg, _pos in pickletools.genops(fh):
+                if i == 3 and op.name == "GLOBAL" and isinstance(arg, str) and arg.startswith("torch "):
+                    pending = _STORAGE_SIZES.get(arg[6:].removesuffix("Storage"))
+                elif i == 3 and op.name in _STRINGS and pending is not None and isinstance(arg, str):
+                    sizes[arg] = pending  # the string after the storage type in a persistent id is its key
+                    pending = None
+                elif i == 4 and op.name in _STRINGS:
+                    keys.append(str(arg))
+    except (ValueError, EOFError) as exc:
+        return f"pickles cannot be walked ({exc})"
+    pos = fh.tell()
+    for key in keys:
+        es = sizes.get(key)
+        if es is None:
+            return None  # a storage type this check does not know (protocol-2 STACK_GLOBAL etc.): no claim
+        if pos + 8 > len(data):
+            return f"storage {key!r} is missing (file ends at {len(data)} bytes)"
+        count = int.from_bytes(data[pos:pos + 8], "little")
+        pos += 8 + count * es
+        if pos > len(data):
+            return f"storage {key!r} needs {count * es} bytes and the file ends before them"
+    if pos != len(data):
+        return f"+{pos}"  # trailing bytes after the last storage: the caller scans them
+    return None
 
 
 def scan_weakly_sniffed_stream(ctx: Context, decompressor: Any, error: type[Exception], fmt: str, data: memoryview,

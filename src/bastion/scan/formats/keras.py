@@ -47,6 +47,23 @@ BUILTIN_LAYERS: frozenset[str] = _names("""
     HashedCrossing IntegerLookup StringLookup TextVectorization DenseFeatures SequenceFeatures
     RandomFourierFeatures
 """)
+#: non-layer objects a Keras config names under ``keras.*`` modules: initializers, regularizers,
+#: constraints, optimizers and schedules, losses, metrics, dtype policies. A name under a keras module that
+#: is neither here nor a built-in layer is not trusted for its module alone (keras.utils.get_file is keras too)
+KERAS_CONFIG_OBJECTS: frozenset[str] = _names("""
+    GlorotUniform GlorotNormal HeUniform HeNormal LecunUniform LecunNormal Zeros Ones Constant RandomNormal
+    RandomUniform TruncatedNormal Orthogonal Identity VarianceScaling IdentityInitializer
+    L1 L2 L1L2 OrthogonalRegularizer MaxNorm MinMaxNorm NonNeg UnitNorm RadialConstraint
+    Adam AdamW Adamax Adagrad Adadelta Adafactor Ftrl Lion Nadam RMSprop SGD LossScaleOptimizer
+    ExponentialDecay PiecewiseConstantDecay PolynomialDecay InverseTimeDecay CosineDecay CosineDecayRestarts
+    BinaryCrossentropy CategoricalCrossentropy SparseCategoricalCrossentropy MeanSquaredError
+    MeanAbsoluteError Huber Hinge KLDivergence Poisson CosineSimilarity BinaryFocalCrossentropy
+    Accuracy BinaryAccuracy CategoricalAccuracy SparseCategoricalAccuracy TopKCategoricalAccuracy AUC
+    Precision Recall Mean Sum MeanMetricWrapper DTypePolicy FloatDTypePolicy Policy Functional Sequential
+    Model InputSpec KerasTensor __tensor__ __numpy__ __keras_tensor__ __tuple__ __typespec__
+""")
+#: built-in layers that read a file named in their config (a vocabulary path) when they are built
+FILE_READING_LAYERS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
 #: keys under which a Keras config nests layers: one layer, or a list of them
 _LAYER_KEYS = frozenset({"layer", "backward_layer", "forward_layer", "cell"})
 _LAYER_LIST_KEYS = frozenset({"layers", "cells"})
@@ -104,6 +121,17 @@ def scan_keras_config(ctx: Context, config: Any, where: str, prefix: str = "", r
         if isinstance(module, str) and cls and not _is_keras_module(module):
             ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
                      f"object {cls!r} comes from module {module!r}, outside Keras (imported when loaded)")
+            reported = True
+        elif isinstance(module, str) and isinstance(cls, str) and cls not in BUILTIN_LAYERS \
+                and cls not in KERAS_CONFIG_OBJECTS:
+            ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
+                     f"{module}.{cls} is not a reviewed Keras layer or config object (a keras module is not "
+                     "trusted for its name: keras also holds file and network helpers)")
+            reported = True
+        conf = node.get("config")
+        if cls in FILE_READING_LAYERS and isinstance(conf, dict) and isinstance(conf.get("vocabulary"), str):
+            ctx.emit("BASTION-KERAS-CUSTOM", Severity.HIGH, where, label,
+                     f"{cls} reads its vocabulary from the file {conf['vocabulary']!r} when built")
             reported = True
         registered = node.get("registered_name")
         if isinstance(registered, str) and ">" in registered and not registered.startswith("keras"):
