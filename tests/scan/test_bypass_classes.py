@@ -285,3 +285,61 @@ def test_keras_modules_are_not_trusted_by_name_with_or_without_metadata(layer: d
     for members in ({"config.json": config, "metadata.json": b"{}"}, {"config.json": config},
                     {"config.json": config, "model.weights.h5": b""}):
         assert _worst(_zip(members), "m.keras") >= Severity.HIGH  # type: ignore[operator]
+
+
+# -- class 6: graphs inside graphs; class 5: ONNX fields in any order ---------------------------------------
+
+def _onnx_model(kind: str) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    ext = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+    ext.external_data.add(key="location", value="../../../etc/passwd")
+    custom = helper.make_node("Evil", ["x"], ["y"], domain="attacker.ops", name="evil")
+    const = helper.make_node("Constant", [], ["y"], name="c", value=ext)
+    inner_node = custom if kind == "domain" else const
+    body = helper.make_graph([inner_node], "body", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    if_node = helper.make_node("If", ["cond"], ["y"], name="if", then_branch=body, else_branch=body)
+    fn_nodes = [if_node] if kind != "flat" else [inner_node]
+    fn = helper.make_function("local.fns", "F", ["cond"], ["y"], fn_nodes,
+                              [helper.make_opsetid("", 17)])
+    call = helper.make_node("F", ["cond"], ["y"], domain="local.fns", name="call")
+    graph = helper.make_graph([call], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17),
+                                                                    helper.make_opsetid("local.fns", 1)])
+    return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString()
+
+
+def _reorder(raw: bytes) -> bytes:
+    """The same ModelProto with its top-level fields written in reverse order (valid protobuf)."""
+    from bastion.scan.sniff import _varint
+
+    fields, pos = [], 0
+    while pos < len(raw):
+        tag, p = _varint(raw, pos)  # type: ignore[misc]
+        val, q = _varint(raw, p)  # type: ignore[misc]
+        end = q + val if tag & 7 == 2 else q
+        fields.append(raw[pos:end])
+        pos = end
+    return b"".join(reversed(fields))
+
+
+@pytest.mark.parametrize("kind", ["domain", "external", "flat"])
+def test_onnx_local_functions_and_their_subgraphs_are_checked(kind: str) -> None:
+    raw = _onnx_model(kind)
+    for data in (raw, _reorder(raw), _zip({"model.onnx": _reorder(raw)}), gzip.compress(raw)):
+        assert _worst(data, "m.onnx") is not None and _worst(data, "m.onnx") >= Severity.HIGH  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("line", [
+    "    _0 = torch.from_file(\"/dev/shm/x\", True, 1024)",
+    "    torch.save(self.weight, \"/tmp/out.pt\")",
+    "    _1 = ops.aten.from_file(path, None, 4)",
+])
+def test_torchscript_file_calls_are_flagged(line: str) -> None:
+    code = f"def forward(self, x: Tensor) -> Tensor:\n{line}\n    return x\n".encode()
+    members = {"archive/code/__torch__/m.py": code, "archive/constants.pkl": pickle.dumps(()),
+               "archive/data.pkl": pickle.dumps({})}
+    for data in (_zip(members), _tar({"m.pt": _zip(members)})):
+        assert _worst(data, "m.pt") is Severity.CRITICAL

@@ -19,6 +19,46 @@ MODEL_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", "
 STRONG_COMPRESSION = ("gzip", "bz2", "xz", "7z", "lz4", "zstd")
 
 
+#: ModelProto's top-level fields: number -> wire type (0 varint, 2 length-delimited)
+_ONNX_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int] | None:
+    value = shift = 0
+    while pos < len(buf) and shift < 64:
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+    return None
+
+
+def _onnx_fields(head: bytes, size: int) -> bool:
+    """True when the first bytes walk as ModelProto fields in any order (writers need not put
+    ir_version first): every tag a ModelProto field with its wire type, every length inside the blob,
+    and a graph or opset_import among at least two fields."""
+    pos = 0
+    seen: set[int] = set()
+    while pos < len(head):
+        tag = _varint(head, pos)
+        if tag is None:
+            break
+        field_no, wire = tag[0] >> 3, tag[0] & 7
+        if _ONNX_FIELDS.get(field_no) != wire:
+            return False
+        seen.add(field_no)
+        pos = tag[1]
+        val = _varint(head, pos)
+        if val is None:
+            break
+        pos = val[1] + (val[0] if wire == 2 else 0)
+        if pos > size:
+            return False
+    return len(seen) >= 2 and bool(seen & {7, 8})
+
+
 def _is_zlib(head: bytes) -> bool:
     return len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
 
@@ -63,6 +103,8 @@ def sniff(head: bytes, size: int) -> str:
     if head[:2] == b"ZF" and head[2:4] == b"0x":
         return "joblib-zf"
     if len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in _ONNX_NEXT_TAGS:
+        return "onnx"
+    if _onnx_fields(head, size):
         return "onnx"
     if _is_zlib(head):
         return "zlib"

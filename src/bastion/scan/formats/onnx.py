@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from bastion.scan.engine import Context, scan_unknown
+from bastion.scan.engine import Context, scan_maybe_pickle
 from bastion.scan.findings import Severity
 
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
@@ -14,38 +14,50 @@ KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onn
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def _graph_tensors(graph: Any, where: str) -> Iterator[tuple[Any, str]]:
-    """Every TensorProto in a graph and its subgraphs (if/loop bodies), with a readable location."""
-    todo = [(graph, where)]
+def _walk(model: Any) -> Iterator[tuple[Any, str]]:
+    """Every graph and model-local function (anything with ``node``), with subgraphs of their nodes'
+    attributes at any depth (If/Loop/Scan bodies, graphs inside functions), each with a location prefix."""
+    todo: list[tuple[Any, str]] = [(model.graph, "")]
+    todo += [(fn, f"function {fn.domain}:{fn.name} ") for fn in model.functions]
     while todo:
         g, w = todo.pop()
-        for t in g.initializer:
-            yield t, f"{w}initializer {t.name!r}"
-        for st in g.sparse_initializer:
-            yield st.values, f"{w}sparse initializer {st.values.name!r}"
-            yield st.indices, f"{w}sparse initializer indices {st.values.name!r}"
+        yield g, w
         for node in g.node:
             for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t, f"{w}node {node.name!r} attribute {attr.name!r}"
-                for t in attr.tensors:
-                    yield t, f"{w}node {node.name!r} attribute {attr.name!r}"
                 if attr.HasField("g"):
                     todo.append((attr.g, f"{w}{node.name}/{attr.name}/"))
                 for sub in attr.graphs:
                     todo.append((sub, f"{w}{node.name}/{attr.name}/"))
 
 
-def _graph_nodes(graph: Any) -> Iterator[Any]:
-    todo = [graph]
-    while todo:
-        g = todo.pop()
+def _graph_tensors(model: Any) -> Iterator[tuple[Any, str]]:
+    """Every TensorProto in the model: initializers, node attributes (one tensor, lists, sparse ones),
+    in the main graph, its subgraphs and the model-local functions."""
+    for g, w in _walk(model):
+        for t in getattr(g, "initializer", ()):
+            yield t, f"{w}initializer {t.name!r}"
+        for st in getattr(g, "sparse_initializer", ()):
+            yield st.values, f"{w}sparse initializer {st.values.name!r}"
+            yield st.indices, f"{w}sparse initializer indices {st.values.name!r}"
         for node in g.node:
-            yield node
             for attr in node.attribute:
-                if attr.HasField("g"):
-                    todo.append(attr.g)
-                todo.extend(attr.graphs)
+                at = f"{w}node {node.name!r} attribute {attr.name!r}"
+                if attr.HasField("t"):
+                    yield attr.t, at
+                for t in attr.tensors:
+                    yield t, at
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values, at
+                    yield attr.sparse_tensor.indices, at
+                for st in attr.sparse_tensors:
+                    yield st.values, at
+                    yield st.indices, at
+
+
+def _graph_nodes(model: Any) -> Iterator[tuple[Any, str]]:
+    for g, w in _walk(model):
+        for node in g.node:
+            yield node, w
 
 
 def bad_location(location: str) -> str | None:
@@ -73,16 +85,11 @@ def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
     try:
         model.ParseFromString(bytes(data))
     except (DecodeError, ValueError, RuntimeError):
-        # three bytes of protobuf header are weak evidence: not ONNX after all
-        return scan_unknown(ctx, data, inner, depth, hints)
+        # a few bytes of protobuf framing are weak evidence: not ONNX after all (perhaps a pickle)
+        return scan_maybe_pickle(ctx, data, inner, depth, hints)
     if not model.HasField("graph") and not model.opset_import:
-        return scan_unknown(ctx, data, inner, depth, hints)
-    tensors = list(_graph_tensors(model.graph, ""))
-    for fn in model.functions:
-        for node in fn.node:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    tensors.append((attr.t, f"function {fn.name!r} node {node.name!r}"))
+        return scan_maybe_pickle(ctx, data, inner, depth, hints)
+    tensors = list(_graph_tensors(model))
     for tensor, where in tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL and not tensor.external_data:
             continue
@@ -96,11 +103,8 @@ def scan_onnx(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
     domains: dict[str, str] = {}
     for op in model.opset_import:
         domains.setdefault(op.domain, "opset_import")
-    for node in _graph_nodes(model.graph):
-        domains.setdefault(node.domain, f"node {node.name!r} ({node.op_type})")
-    for fn in model.functions:
-        for node in fn.node:
-            domains.setdefault(node.domain, f"function {fn.name!r} node {node.name!r} ({node.op_type})")
+    for node, w in _graph_nodes(model):
+        domains.setdefault(node.domain, f"{w}node {node.name!r} ({node.op_type})")
     for domain, where in sorted(domains.items()):
         if domain not in KNOWN_DOMAINS and domain not in local:
             ctx.emit("BASTION-ONNX-CUSTOM-DOMAIN", Severity.HIGH, inner, where,

@@ -24,6 +24,10 @@ _CRITICAL_PATTERNS = [
     (re.compile(r"(?<![\w.])(os|subprocess|sys|builtins|posix|nt|shutil|socket|ctypes|importlib|pickle|"
                 r"marshal|runpy|pty|urllib|requests)\s*\.\s*\w+"), "uses the Python module"),
     (re.compile(r"(?<![\w.])(eval|exec|execfile|compile|open|breakpoint|input)\s*\("), "calls the builtin"),
+    # operators that write, read or memory-map files named at run time (torch.save, from_file, jit.save...)
+    (re.compile(r"\b(from_file|save|load|_save_for_mobile|_save_jit_module|_load_for_mobile|_load_jit_module|"
+                r"_save_parameters|_load_parameters|save_to_buffer|to_file|tofile|fromfile|memmap|mmap|"
+                r"_save_mobile_module|export_opnames)\s*\("), "writes, reads or maps a file with"),
 ]
 #: operator names that would be an OS or code primitive in any namespace
 _OS_OPS = frozenset({"system", "popen", "exec", "execv", "execve", "eval", "spawn", "fork", "__import__",
