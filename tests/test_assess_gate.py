@@ -229,6 +229,10 @@ def test_required_signature_needs_a_key_and_a_valid_signature(files: dict[str, P
     code, body = run_json("--model", model, "--policy", required, "--pub", tmp_path / "key.pub")
     assert code == 0 and checks(body)["signature"]["verdict"] == "pass"
 
+    code, body = run_json("--model", files["constant"], "--policy", required, "--pub", tmp_path / "key.pub",
+                          "--signed-dir", folder)
+    assert code == 2 and "--signed-dir" in checks(body)["signature"]["reason"]  # the model is not in it
+
     model.write_bytes(model.read_bytes() + b"\0")  # tampered after signing
     code, body = run_json("--model", model, "--policy", required, "--pub", tmp_path / "key.pub")
     assert code == 1 and checks(body)["signature"]["verdict"] == "fail"

@@ -269,6 +269,9 @@ class _Run:
             return skipped("signature", "the policy turns the signature check off (signature: off)")
         folder = self.ins.signed_dir or (self.ins.model if self.ins.model.is_dir() else self.ins.model.parent)
         threshold = f"valid signature ({mode})"
+        if not self.ins.model.resolve().is_relative_to(folder.resolve()):
+            # A valid signature over a folder that does not hold the model says nothing about the model.
+            raise InputError("--signed-dir", str(folder), f"the signed folder holding the model {self.ins.model}")
         if self.ins.pub is None:
             if mode == "required":
                 return CheckOutcome("signature", FAIL, "the policy requires a signature but no --pub key was given "
