@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -39,3 +41,36 @@ def test_bad_arguments(kwargs: dict[str, float], name: str) -> None:
     x, y = _blobs(20, 0)
     with pytest.raises(InputError, match=name):
         train_dp(torch.nn.Linear(4, 2), x, y, **kwargs)  # type: ignore[arg-type]
+
+
+def test_returned_model_supports_later_backward_passes() -> None:
+    # an attack or evaluation differentiates the DP model afterwards: no Opacus hook may remain
+    x, y = _blobs(64, 0)
+    res = train_dp(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), x, y,
+                   target_epsilon=8.0, epochs=1)
+    xs = x[:5].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(res.model(xs).sum(), xs)
+    assert grad.shape == xs.shape
+
+
+def test_cli_harden_dp_sgd_reports_the_spent_budget(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    x, y = _blobs(120, 0)
+    np.savez(tmp_path / "train.npz", x=torch.sigmoid(x).numpy(), y=y.numpy())
+    res = CliRunner().invoke(app, ["harden", "--data", str(tmp_path / "train.npz"), "--arch", "mlp", "--method", "dp-sgd",
+                                   "--target-epsilon", "8", "--delta", "1e-3", "--epochs", "1", "--suite", "fast",
+                                   "--eps", "0.1", "--out", str(tmp_path / "private"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["method"] == "dp-sgd" and report["privacy"]["epsilon"] <= 8.0 + 1e-6
+    assert report["privacy"]["delta"] == 1e-3
+    assert "spent ε" in (tmp_path / "private.md").read_text()
+    bad = CliRunner().invoke(app, ["harden", "--data", str(tmp_path / "train.npz"), "--method", "dp-sgd",
+                                   "--delta", "2", "--out", str(tmp_path / "p2")])
+    assert bad.exit_code == 2 and "--delta" in bad.output

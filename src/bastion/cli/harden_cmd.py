@@ -134,7 +134,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"- threat: {r['norm']} ball, eps = {r['eps']:g}; training: {r['epochs']} epochs, {r['steps']} steps, "
         f"precision {r['precision']}, schedule {r['schedule']}",
         f"- evaluated with: {h['evaluated_with']}",
-        f"- best epoch by robust validation accuracy: {r['best_epoch']}",
+        f"- best epoch by robust validation accuracy: {r['best_epoch']}"
+        + (f"\n- differential privacy (Opacus DP-SGD): spent ε = {p['epsilon']:.3f} at δ = {p['delta']:g}, "
+           f"noise multiplier {p['noise_multiplier']:.3f}, clipping norm {p['max_grad_norm']:g}"
+           if (p := r.get("privacy")) else ""),
         "",
         "| model | clean accuracy | robust accuracy | training time (s) |",
         "|---|---|---|---|",
@@ -172,7 +175,10 @@ def harden(
     test: Path | None = typer.Option(None, "--test", help="Labelled test data; default: hold out 20% of --data."),
     arch: str = typer.Option("smallcnn", "--arch", help="smallcnn, mlp, resnet18, or module:Factory "
                                 "with literal arguments if it needs them, e.g. 'mypkg.nets:Net(10, width=32)'."),
-    method: str = typer.Option("pgd-at", "--method", help="pgd-at, trades or fgsm-rs."),
+    method: str = typer.Option("pgd-at", "--method", help="pgd-at, trades, fgsm-rs, or dp-sgd (differential "
+                               "privacy through Opacus, against membership inference; --target-epsilon, --delta)."),
+    target_epsilon: float = typer.Option(8.0, "--target-epsilon", help="dp-sgd: privacy budget ε to spend."),
+    delta: float | None = typer.Option(None, "--delta", help="dp-sgd: δ (default 1/(10 n), below 1/n)."),
     norm: str = typer.Option("linf", "--norm", help="Threat norm: linf, l2 or l1."),
     eps: float = typer.Option(0.2, "--eps", help="Radius of the threat ball, in input units."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs (both models)."),
@@ -198,6 +204,8 @@ def harden(
 
       bastion harden --data train.csv --arch mlp --method fgsm-rs --eps 0.1 --out tabular/robust
 
+      bastion harden --data train.npz --arch mlp --method dp-sgd --target-epsilon 8 --delta 1e-5 --out private
+
     Writes OUT.pt (TorchScript), OUT.safetensors and OUT.md (the before/after report); OUT's folder is
     created if missing, existing files are kept unless --force. Exit codes: 0 done; 2 could not run (bad
     file, bad arguments).
@@ -212,8 +220,12 @@ def harden(
     from bastion.defenses.training import SCHEDULES
     from bastion.zoo import train
 
-    if method not in METHODS:
-        raise InputError("--method", method, f"one of {', '.join(METHODS)}")
+    if method not in METHODS and method != "dp-sgd":
+        raise InputError("--method", method, f"one of {', '.join(METHODS)}, dp-sgd")
+    if method == "dp-sgd" and not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise InputError("--target-epsilon", target_epsilon, "a positive privacy budget, e.g. 8")
+    if method == "dp-sgd" and delta is not None and not 0.0 < delta < 1.0:
+        raise InputError("--delta", delta, "a probability in (0, 1), well below 1/n, e.g. 1e-5")
     if not eps > 0:
         raise InputError("--eps", eps, "a positive radius")
     if epochs < 1:
@@ -266,23 +278,32 @@ def harden(
         std_seconds = time.perf_counter() - t0
         t_adv = bar.add_task(f"adversarial training ({method})", total=epochs)
         t0 = time.perf_counter()
-        trainer = AdversarialTrainer(METHODS[method], norm=norm, eps=eps, steps=steps, beta=beta, epochs=epochs,
-                                     lr=lr, batch_size=BATCH_SIZE, precision=precision, schedule=schedule,
-                                     bounds=bounds, seed=seed, progress=lambda _r: bar.advance(t_adv))
-        trainer.fit(hardened_net, x_tr, y_tr)
+        privacy: dict[str, Any] | None = None
+        if method == "dp-sgd":
+            from bastion.defenses.dp import train_dp
+
+            dp = train_dp(hardened_net, x_tr, y_tr, target_epsilon=target_epsilon, delta=delta, epochs=epochs, lr=lr,
+                          batch_size=BATCH_SIZE, seed=seed, progress=lambda _e, _l: bar.advance(t_adv))
+            hardened_model, best_epoch, history, privacy = dp.model, epochs - 1, [], dp.to_dict()
+        else:
+            trainer = AdversarialTrainer(METHODS[method], norm=norm, eps=eps, steps=steps, beta=beta, epochs=epochs,
+                                         lr=lr, batch_size=BATCH_SIZE, precision=precision, schedule=schedule,
+                                         bounds=bounds, seed=seed, progress=lambda _r: bar.advance(t_adv))
+            trainer.fit(hardened_net, x_tr, y_tr)
+            hardened_model, best_epoch, history = trainer.model_, trainer.best_epoch_, trainer.history_
         adv_seconds = time.perf_counter() - t0
         t_eval = bar.add_task("evaluating both models", total=2)
         standard = _assess(standard_net, x_te, y_te, norm, eps, suite, bounds)
         bar.advance(t_eval)
-        hardened = _assess(trainer.model_, x_te, y_te, norm, eps, suite, bounds)
+        hardened = _assess(hardened_model, x_te, y_te, norm, eps, suite, bounds)
         bar.advance(t_eval)
     standard["train_seconds"], hardened["train_seconds"] = std_seconds, adv_seconds
-    files = _save(trainer.model_, x_tr, paths)
+    files = _save(hardened_model, x_tr, paths)
     report: dict[str, Any] = {
         "data": str(data), "test": str(test) if test is not None else f"{TEST_FRACTION:.0%} held out of --data",
         "train_examples": int(x_tr.shape[0]), "test_examples": int(x_te.shape[0]), "arch": arch, "method": method,
-        "norm": norm, "eps": eps, "epochs": epochs, "steps": 1 if method == "fgsm-rs" else steps, "precision": precision, "schedule": schedule, "seed": seed, "best_epoch": trainer.best_epoch_,
-        "standard": standard, "hardened": hardened, "history": trainer.history_, "files": files,
+        "norm": norm, "eps": eps, "epochs": epochs, "steps": 1 if method == "fgsm-rs" else steps, "precision": precision, "schedule": schedule, "seed": seed, "best_epoch": best_epoch,
+        "standard": standard, "hardened": hardened, "history": history, "files": files, "privacy": privacy,
         "provenance": provenance(files["torchscript"], data, command_line()),
         "test_provenance": {"path": str(test), "sha256": sha256_of(test)} if test is not None else None,
     }

@@ -93,7 +93,16 @@ def train_dp(model: nn.Module, x: Tensor, y: Tensor, *, target_epsilon: float = 
             if progress is not None:
                 progress(epoch, total / n)
         spent = float(engine.get_epsilon(delta))
+    # Opacus's per-sample-gradient hooks stay on the inner module until removed; left there they break any
+    # later backward pass (an attack, an evaluation) on the returned model
+    private.remove_hooks()
     trained: nn.Module = private._module
+    for param in trained.parameters():
+        param.grad_sample = None  # type: ignore[attr-defined]
+        param.grad = None
+    for sub in trained.modules():
+        if hasattr(sub, "activations"):
+            del sub.activations
     trained.eval()
     with torch.no_grad():
         acc = float((trained(x.float()).argmax(1) == y.long()).double().mean())
