@@ -343,3 +343,30 @@ def test_torchscript_file_calls_are_flagged(line: str) -> None:
                "archive/data.pkl": pickle.dumps({})}
     for data in (_zip(members), _tar({"m.pt": _zip(members)})):
         assert _worst(data, "m.pt") is Severity.CRITICAL
+
+
+# -- class 5: every spelling of an object dtype in a joblib array -----------------------------------------
+
+class _RunsId:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("id",))
+
+
+@pytest.mark.parametrize("spelling", [b"object", b"|O", b"O", b"i4,O", b"(2,)O"])
+def test_joblib_object_arrays_in_every_dtype_spelling(spelling: bytes) -> None:
+    import joblib
+
+    arr = np.empty(1, dtype=object)
+    arr[0] = _RunsId()
+    buf = io.BytesIO()
+    joblib.dump(arr, buf, protocol=2)  # no framing: the dtype code can be respelt in place
+    raw = buf.getvalue()
+    code = b"X\x02\x00\x00\x00O8"
+    assert code in raw
+    # the respelt code, and a state claiming a positive element size (so the code decides)
+    respelt = raw.replace(code, b"X" + struct.pack("<I", len(spelling)) + spelling, 1)
+    respelt = respelt.replace(b"J\xff\xff\xff\xff", b"J\x08\x00\x00\x00", 1)
+    for data in (respelt, zlib.compress(respelt), _zip({"m.joblib": respelt})):
+        assert _worst(data, "m.joblib") is Severity.CRITICAL

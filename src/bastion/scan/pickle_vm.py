@@ -821,19 +821,29 @@ def _dtype_info(dtype: Value | None) -> tuple[int, bool]:
     if not isinstance(descr, Const) or not isinstance(descr.value, str):
         raise PickleError("joblib array dtype is not a type code")
     code = descr.value
-    state = dtype.state
-    if isinstance(state, Seq) and len(state.items) > 5:
-        elsize = state.items[5]
-        if isinstance(elsize, Const) and isinstance(elsize.value, int) and elsize.value > 0:
-            has_obj = _fields_have_object(state.items[4] if len(state.items) > 4 else None)
-            return elsize.value, has_obj or code.lstrip("<>=|").startswith("O")
     import numpy as np
 
     try:
-        dt = np.dtype(code)  # parses a type code string only: nothing is imported or called
+        # parses a type code string only ("O", "object", "|O8", "i4,O", "(2,)O"...): nothing is imported
+        dt = np.dtype(code)
     except (TypeError, ValueError) as exc:
         raise PickleError(f"joblib array dtype {code!r} is not valid ({exc})") from None
-    return dt.itemsize, dt.hasobject
+    has_obj = dt.hasobject
+    itemsize = dt.itemsize
+    state = dtype.state
+    if isinstance(state, Seq):
+        items = state.items
+        # __setstate__ may add fields, a subarray or flags that make the dtype hold objects whatever the
+        # code said; any sign of an object anywhere means joblib reads a nested pickle, not raw bytes
+        has_obj = has_obj or _fields_have_object(items[4] if len(items) > 4 else None) or \
+            any("O" in v.describe() for v in items[2:3] if v is not None and not isinstance(v, Const))
+        flags = items[7] if len(items) > 7 else None
+        if isinstance(flags, Const) and isinstance(flags.value, int) and flags.value & 0x01:
+            has_obj = True
+        elsize = items[5] if len(items) > 5 else None
+        if isinstance(elsize, Const) and isinstance(elsize.value, int) and elsize.value > 0:
+            itemsize = elsize.value
+    return itemsize, has_obj
 
 
 def _fields_have_object(fields: Value | None) -> bool:
