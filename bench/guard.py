@@ -9,7 +9,8 @@
 2. Latency at about ``--rate`` requests/s on loopback, measured by wrk (constant think time per connection,
    so an open-loop-like rate; wrk's own latency percentiles): the model called directly in-process; a
    plain FastAPI + Uvicorn wrapper of the same TorchScript model; the gateway with auth, validation, rate
-   limit and the SQLite audit log; the same plus two detectors (margin, Mahalanobis); the same on PostgreSQL.
+   limit and the SQLite audit log; the same plus two detectors (margin, Mahalanobis); the same with SQLite
+   ``synchronous=NORMAL`` (survives kill -9, not power loss); the same on PostgreSQL.
    Added latency = gateway percentile - plain wrapper percentile, from the same run.
 3. Crash safety: the gateway under load is killed with SIGKILL; every 2xx that wrk logged (with the record's
    sequence number from ``X-Audit-Seq``) must be in the database, and ``audit verify`` must pass.
@@ -154,9 +155,8 @@ def detection(model: bn.Model, ref: torch.Tensor, held: torch.Tensor, y: torch.T
         ("hopskipjump", bn.attacks.HopSkipJump(queries=1000), held[:n_bb], y[:n_bb], None),
     ):
         res = attack(model, xs, ys, epsilons=eps)
-        clipped, success = res[1], res[2]
-        adv = clipped[0] if isinstance(clipped, (list, tuple)) else clipped
-        ok = success[0] if success.dim() > 1 else success
+        adv = res.clipped[0]
+        ok = res.success[0] if res.success.dim() > 1 else res.success
         attacks[name] = adv[ok.bool()]
         print(f"  {name}: {int(ok.sum())}/{len(xs)} successful ({time.time() - t0:.0f} s)", file=sys.stderr)
     rows: dict[str, Any] = {}
@@ -220,9 +220,11 @@ def main() -> None:
     (work / "rate.lua").write_text(RATE_LUA)
     (work / "plain_app.py").write_text(f"MODEL = {str(work / 'model.pt')!r}\n" + PLAIN_APP)
     (work / "none.yaml").write_text("defaults: {rate: 100000, burst: 100000}\n")
-    (work / "two.yaml").write_text("defaults: {rate: 100000, burst: 100000}\ndetectors:\n"
-                                   f"  - {{kind: margin, fpr: {args.fpr}, action: flag}}\n"
-                                   f"  - {{kind: mahalanobis, fpr: {args.fpr}, action: flag}}\n")
+    two = ("defaults: {rate: 100000, burst: 100000}\ndetectors:\n"
+           f"  - {{kind: margin, fpr: {args.fpr}, action: flag}}\n"
+           f"  - {{kind: mahalanobis, fpr: {args.fpr}, action: flag}}\n")
+    (work / "two.yaml").write_text(two)
+    (work / "two_normal.yaml").write_text(two + "audit_sync: normal\n")
     subprocess.run([BASTION, "keygen", "--out", str(work / "audit")], check=True, capture_output=True)
     latency: dict[str, Any] = {"direct_model_call": direct_latency(scripted, held)}
     env1 = {"OMP_NUM_THREADS": "1"}
@@ -240,7 +242,8 @@ def main() -> None:
 
     pg_schema = f"bench_guard_{uuid.uuid4().hex[:8]}"
     variants = [("gateway_sqlite_no_detectors", f"sqlite:///{work / 'a.db'}", "none.yaml"),
-                ("gateway_sqlite_two_detectors", f"sqlite:///{work / 'b.db'}", "two.yaml")]
+                ("gateway_sqlite_two_detectors", f"sqlite:///{work / 'b.db'}", "two.yaml"),
+                ("gateway_sqlite_normal_sync_two_detectors", f"sqlite:///{work / 'c.db'}", "two_normal.yaml")]
     if not args.skip_pg:
         import psycopg
 
@@ -341,7 +344,8 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
     lat = r["latency"]
     parts = [f"plain FastAPI p50/p99 {lat['plain_fastapi']['p50_ms']:.2f}/{lat['plain_fastapi']['p99_ms']:.2f} ms "
              f"at {lat['plain_fastapi']['rps']:.0f} req/s"]
-    for name in ("gateway_sqlite_no_detectors", "gateway_sqlite_two_detectors", "gateway_postgres_two_detectors"):
+    for name in ("gateway_sqlite_no_detectors", "gateway_sqlite_two_detectors",
+                 "gateway_sqlite_normal_sync_two_detectors", "gateway_postgres_two_detectors"):
         if name in lat:
             v = lat[name]
             parts.append(f"{name.replace('gateway_', '')}: added p50 {v['added_p50_ms']:+.2f} ms, p99 "

@@ -6,6 +6,7 @@ Example::
     max_batch: 64            # examples per request
     max_body_bytes: 1000000  # larger requests get 413 before they are parsed
     store_inputs: false      # audit records keep the input's SHA-256; true also keeps the input
+    audit_sync: full         # SQLite: full survives power loss; normal survives kill -9, one fsync less
     checkpoint: {every: 1000, seconds: 60}
     defaults:                # for keys created without their own limits
       rate: 50               # requests per second ...
@@ -26,7 +27,7 @@ from typing import Any
 
 from bastion.errors import InputError
 
-_TOP = {"model_name", "input_shape", "max_batch", "max_body_bytes", "store_inputs", "checkpoint", "defaults",
+_TOP = {"audit_sync", "model_name", "input_shape", "max_batch", "max_body_bytes", "store_inputs", "checkpoint", "defaults",
         "detectors", "fpr"}
 
 
@@ -37,6 +38,7 @@ class GuardConfig:
     max_batch: int = 64
     max_body_bytes: int = 1_000_000
     store_inputs: bool = False
+    audit_sync: str = "full"
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 60.0
     rate: float | None = None
@@ -60,6 +62,7 @@ class GuardConfig:
             max_batch=int(raw.get("max_batch", 64)),
             max_body_bytes=int(raw.get("max_body_bytes", 1_000_000)),
             store_inputs=bool(raw.get("store_inputs", False)),
+            audit_sync=str(raw.get("audit_sync", "full")).lower(),
             checkpoint_every=int(cp.get("every", 1000)),
             checkpoint_seconds=float(cp.get("seconds", 60.0)),
             rate=defaults.get("rate"),
@@ -68,6 +71,8 @@ class GuardConfig:
             output_policy=dict(defaults.get("output_policy") or {"kind": "full"}),
             detectors=[dict(d) for d in raw.get("detectors") or []],
         )
+        if cfg.audit_sync not in ("full", "normal"):
+            raise InputError("audit_sync", cfg.audit_sync, "full (survives power loss) or normal (survives kill -9)")
         if cfg.max_batch < 1:
             raise InputError("max_batch", cfg.max_batch, "an integer >= 1")
         if cfg.checkpoint_every < 1 or cfg.checkpoint_seconds <= 0:

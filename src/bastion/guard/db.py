@@ -102,8 +102,15 @@ def default_url(model_path: str | Path) -> str:
     return f"sqlite:///{p.with_name(p.name + '.audit.db')}"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` (a SQLite file path is accepted as is), SQLite tuned for durable WAL commits."""
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for ``url`` (a SQLite file path is accepted as is), SQLite tuned for durable WAL commits.
+
+    ``sqlite_synchronous``: FULL (default) makes a commit survive power loss; NORMAL survives the process
+    being killed (the WAL is written before the commit returns) but not the machine losing power, and saves
+    an fsync per commit.
+    """
+    if sqlite_synchronous not in ("FULL", "NORMAL"):
+        raise InputError("audit_sync", sqlite_synchronous, "full or normal")
     if "://" not in url:
         url = f"sqlite:///{url}"
     if not url.startswith(("sqlite", "postgresql")):
@@ -114,22 +121,24 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
-        kwargs["pool_pre_ping"] = True
+        # No pool_pre_ping: it costs a round trip on every checkout, twice per request; stale connections
+        # are recycled instead.
+        kwargs["pool_recycle"] = 1800
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, sqlite_synchronous)
     return engine
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         # pysqlite's own transaction handling defers BEGIN; let SQLAlchemy's events issue it instead.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that returned survives power loss (WAL + NORMAL may lose the last commits).
-        cur.execute("PRAGMA synchronous=FULL")
+        # FULL: a commit that returned survives power loss (WAL + NORMAL may lose the last commits then).
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.close()
 

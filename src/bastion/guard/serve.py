@@ -85,7 +85,7 @@ def build_gateway(opts: ServeOptions) -> Gateway:
                                                  "in the config and set their thresholds")
     for det in detectors:
         det.fit(model, x_ref)  # type: ignore[arg-type]
-    engine = make_engine(opts.db or default_url(opts.model))
+    engine = make_engine(opts.db or default_url(opts.model), cfg.audit_sync.upper())
     migrate(engine)
     redis = connect_redis(opts.redis)
     limiter: RateLimiter = RedisLimiter(redis) if redis is not None else LocalLimiter()
