@@ -70,6 +70,7 @@ def _containers(marker: Path) -> dict[str, bytes]:
         "split.joblib.gz": gzip.compress(p[:cut]) + gzip.compress(p[cut:]),
         "split.pkl.bz2": bz2.compress(p[:cut]) + bz2.compress(p[cut:]),
         "split.pkl.xz": lzma.compress(p[:cut]) + lzma.compress(p[cut:]),
+        "split.joblib.z": zlib.compress(p[:cut]) + zlib.compress(p[cut:]),
         "torch.pt": _zip({"archive/data.pkl": p, "archive/version": b"3\n"}),
         "nested.joblib": nested[:-1] + p,  # a second pickle after the joblib one
         "reexport.pkl": b"\x80\x04csklearn.callback._transport\nListener\n)R.",
@@ -98,7 +99,7 @@ def test_safe_load_refuses_re_exports_even_when_a_policy_admits_the_name(tmp_pat
 
 # -- class 3: streams the loader joins ----------------------------------------------------------------
 
-@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress, zlib.compress])
 @pytest.mark.parametrize("pieces", [2, 3])
 def test_a_pickle_split_across_members_is_scanned_joined(compress: object, pieces: int, tmp_path: Path) -> None:
     p = _payload(tmp_path / "m")

@@ -358,7 +358,45 @@ def scan_weakly_sniffed_stream(ctx: Context, decompressor: Any, error: type[Exce
 
 def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: frozenset[str]) -> str | None:
     # two bytes of zlib header are weak evidence: if it does not inflate, it may be a protocol-0 pickle
-    return scan_weakly_sniffed_stream(ctx, zlib.decompressobj(), zlib.error, "zlib", data, inner, depth, hints)
+    try:
+        first = ctx.inflate(zlib.decompressobj(), data, inner)
+    except zlib.error:
+        return scan_maybe_pickle(ctx, data, inner, depth, hints)
+    if first is None:
+        return None
+    if not first.complete or first.consumed >= len(data) or not _is_zlib_at(data, first.consumed):
+        if not first.complete:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", "zlib stream is truncated; scanned what it held")
+        ctx.scan(first.data, inner, depth + 1, hints)
+        if first.complete and first.consumed < len(data):
+            trailing(ctx, data, first.consumed, inner, depth, "zlib stream")
+        return None
+    # joblib's zlib reader starts a new decompressor where a stream ends: what it unpickles is the join
+    joined = bytearray(first.data)
+    pos, n = first.consumed, 1
+    while pos < len(data) and _is_zlib_at(data, pos):
+        try:
+            out = ctx.inflate(zlib.decompressobj(), data[pos:], inner)
+        except zlib.error as exc:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, f"offset 0x{pos:x}", f"zlib stream {n + 1} is corrupt ({exc})")
+            break
+        if out is None:
+            return None
+        joined += out.data
+        n += 1
+        if not out.complete or out.consumed <= 0:
+            ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"zlib stream {n} is truncated; scanned what it held")
+            break
+        pos += out.consumed
+    ctx.emit("BASTION-MULTI-STREAM", Severity.LOW, inner, "",
+             f"{n} zlib streams back to back; joblib joins them, so they were scanned as one")
+    ctx.scan(joined, inner, depth + 1, hints)
+    return None
+
+
+def _is_zlib_at(data: memoryview, pos: int) -> bool:
+    head = bytes(data[pos:pos + 2])
+    return len(head) == 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
 
 
 _HANDLER_CACHE: dict[str, Any] = {}
