@@ -84,10 +84,10 @@ def _strip(net: torch.nn.Module, res: PoisonResult, d: bn.datasets.Dataset) -> d
             "clean_flagged": float(s.predict(xt).mean())}
 
 
-def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], with_art: bool) -> dict[str, Any]:
+def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], clean_seeds: list[int], with_art: bool) -> dict[str, Any]:
     shape, classes = tuple(d.x_train.shape[1:]), d.num_classes
     out: dict[str, Any] = {}
-    clean_refs = {s: _train(d.x_train, d.y_train, "smallcnn", shape, classes, s) for s in seeds}
+    clean_refs = {s: _train(d.x_train, d.y_train, "smallcnn", shape, classes, s) for s in sorted(set(seeds) | set(clean_seeds))}
     out["never_poisoned_accuracy"] = {s: bn.zoo.accuracy(m, d.x_test, d.y_test) for s, m in clean_refs.items()}
     surrogate = clean_refs[seeds[0]]
     attacks: list[tuple[str, Any]] = [("badnets_1pct", BadNets(0, 0.01, size=2)), ("badnets_5pct", BadNets(0, 0.05, size=2)),
@@ -123,7 +123,8 @@ def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], with_art: bool) ->
             out[f"{name}/seed{seed}"] = row
             print(name, seed, json.dumps({k: v for k, v in row.items()}, default=str)[:900], flush=True)
     nc_clean = {}
-    for s, m in clean_refs.items():
+    for s in clean_seeds:
+        m = clean_refs[s]
         nc = NeuralCleanse(seed=s).fit(m, d.x_test[:200])
         nc_clean[s] = {"backdoored": nc.is_backdoored_, "max_anomaly_index": round(float(nc.anomaly_index_.max()), 2)}
     out["neural_cleanse_clean_models"] = nc_clean
@@ -163,7 +164,8 @@ def label_flips(seeds: list[int]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the poisoned runs")
+    ap.add_argument("--clean-seeds", default="0,1,2", help="seeds of the clean models the audit must not flag")
     ap.add_argument("--no-art", action="store_true")
     ap.add_argument("--out", default="bench/out/poison.json")
     args = ap.parse_args()
@@ -172,10 +174,11 @@ def main() -> None:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "device": f"CPU ({platform.processor() or platform.machine()}), torch threads 2",
-                              "command": "python bench/poison.py --seeds " + args.seeds, "seeds": seeds}
+                              "command": f"python bench/poison.py --seeds {args.seeds} --clean-seeds {args.clean_seeds}", "seeds": seeds}
     result["label_flips"] = label_flips(seeds)
     result["tabular"] = tabular(seeds)
-    result["images"] = image_backdoors(bn.datasets.digits(), seeds, not args.no_art)
+    clean_seeds = [int(s) for s in args.clean_seeds.split(",")]
+    result["images"] = image_backdoors(bn.datasets.digits(), seeds, clean_seeds, not args.no_art)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=str)
