@@ -469,7 +469,7 @@ def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: 
             break  # trailing padding after the last stream (gzip allows it)
         d = make() if callable(make) else make
         try:
-            out = ctx.inflate(d, data[pos:], inner)
+            out = ctx.inflate(d, data[pos:], inner, into=joined if n else None)
         except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError, RuntimeError) as exc:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream {n + 1} is corrupt ({exc})")
             break
@@ -481,7 +481,8 @@ def _scan_stream(ctx: Context, data: memoryview, inner: str, depth: int, hints: 
                 ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"{label} stream is truncated; scanned what it held")
             ctx.scan(memoryview(out.data), inner, depth + 1, hints)
             return
-        joined += out.data
+        if not n:
+            joined = out.data if isinstance(out.data, bytearray) else bytearray(out.data)
         n += 1
         if not out.complete:
             complete = False

@@ -22,6 +22,8 @@ Handler = Callable[["Context", memoryview, str, int, frozenset[str]], None]
 NO_HINTS: frozenset[str] = frozenset()
 _SNIFF_BYTES = 1024
 _CHUNK = 1 << 20
+#: most output one decompress call may return: a bigger piece would be a second full-size copy in memory
+_PIECE = 8 << 20
 _STORAGE_PROBE_OPCODES = 100_000
 #: formats recognised from two or three bytes, or from a plausible length field
 _WEAK_KINDS = frozenset({"zlib", "lzma", "onnx", "safetensors", "pickle", "joblib-zf"})
@@ -140,16 +142,19 @@ class Context:
     def budget_left(self) -> int:
         return self.budget - self.decompressed
 
-    def inflate(self, decompressor: Any, data: memoryview | bytes, inner: str) -> Inflated | None:
+    def inflate(self, decompressor: Any, data: memoryview | bytes, inner: str,
+                into: bytearray | None = None) -> Inflated | None:
         """Run a zlib/bz2/lzma decompressor under the budget, never holding more than it allows.
 
+        ``into``: append the output there (streams a reader joins grow one buffer, never two copies).
         Returns None (after reporting BASTION-LIMIT) when the output would exceed the budget.
         """
-        left = self.budget_left()
-        if left <= 0 and self._budget_hit:
-            self.over_budget(inner)
+        out = bytearray() if into is None else into
+        base = len(out)
+        # ``left`` bounds len(out): what was in ``into`` is already counted against the budget
+        left = self.budget_left() + base
+        if left <= base and self._budget_hit:
             return None
-        out = bytearray()
         src = memoryview(data)
         pos = 0
         is_zlib = hasattr(decompressor, "unconsumed_tail")
@@ -161,7 +166,7 @@ class Context:
                         break
                     pending = bytes(src[pos:pos + _CHUNK])
                     pos += len(pending)
-                piece = decompressor.decompress(pending, max(1, left - len(out) + 1))
+                piece = decompressor.decompress(pending, max(1, min(_PIECE, left - len(out) + 1)))
                 pending = decompressor.unconsumed_tail
             else:
                 if decompressor.needs_input:
@@ -171,20 +176,23 @@ class Context:
                     pos += len(chunk)
                 else:
                     chunk = b""
-                piece = decompressor.decompress(chunk, max(1, left - len(out) + 1))
+                piece = decompressor.decompress(chunk, max(1, min(_PIECE, left - len(out) + 1)))
             out += piece
             if len(out) > left:
                 self.over_budget(inner)
                 return None
-        self.decompressed += len(out)
+        self.decompressed += len(out) - base
         consumed = pos - len(pending) - len(getattr(decompressor, "unused_data", b""))
         # the bytearray itself, not a bytes copy: a copy would double the peak memory of a large member
         return Inflated(out, bool(decompressor.eof), consumed)
 
     def over_budget(self, inner: str) -> None:
         # the budget is spent for the whole file: later members (even ones pointing at the same
-        # compressed bytes) fail at once instead of each inflating up to the budget again
+        # compressed bytes) fail at once instead of each inflating up to the budget again, and the one
+        # finding stands for all of them
         self.decompressed = max(self.decompressed, self.budget)
+        if self._budget_hit:
+            return
         self._budget_hit = True
         self.emit("BASTION-LIMIT", Severity.HIGH, inner, "",
                   f"decompressed data would exceed {self.budget} bytes for this file (limits "
@@ -372,17 +380,16 @@ def scan_zlib(ctx: Context, data: memoryview, inner: str, depth: int, hints: fro
             trailing(ctx, data, first.consumed, inner, depth, "zlib stream")
         return None
     # joblib's zlib reader starts a new decompressor where a stream ends: what it unpickles is the join
-    joined = bytearray(first.data)
+    joined = first.data if isinstance(first.data, bytearray) else bytearray(first.data)
     pos, n = first.consumed, 1
     while pos < len(data) and _is_zlib_at(data, pos):
         try:
-            out = ctx.inflate(zlib.decompressobj(), data[pos:], inner)
+            out = ctx.inflate(zlib.decompressobj(), data[pos:], inner, into=joined)
         except zlib.error as exc:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, f"offset 0x{pos:x}", f"zlib stream {n + 1} is corrupt ({exc})")
             break
         if out is None:
             return None
-        joined += out.data
         n += 1
         if not out.complete or out.consumed <= 0:
             ctx.emit("BASTION-PARSE", Severity.HIGH, inner, "", f"zlib stream {n} is truncated; scanned what it held")
