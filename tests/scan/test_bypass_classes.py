@@ -371,3 +371,12 @@ def test_joblib_object_arrays_in_every_dtype_spelling(spelling: bytes) -> None:
     respelt = respelt.replace(b"J\xff\xff\xff\xff", b"J\x08\x00\x00\x00", 1)
     for data in (respelt, zlib.compress(respelt), _zip({"m.joblib": respelt})):
         assert _worst(data, "m.joblib") is Severity.CRITICAL
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, zlib.compress, bz2.compress, lzma.compress])
+def test_a_large_first_member_does_not_hide_the_next_one(compress: object) -> None:
+    # the first member outgrows one decompression piece: the scanner must still find where it ended
+    big = b"\x80\x04\x8e" + struct.pack("<Q", 3 << 20) + b"\0" * (3 << 20) + b"0"
+    data = compress(big) + compress(b"cos\nsystem\n(S'id'\ntR.")  # type: ignore[operator]
+    findings = scan_bytes(data, "m.joblib")
+    assert any(f.global_name == "os.system" and f.severity is Severity.CRITICAL for f in findings)

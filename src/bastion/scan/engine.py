@@ -182,7 +182,9 @@ class Context:
                 self.over_budget(inner)
                 return None
         self.decompressed += len(out) - base
-        consumed = pos - len(pending) - len(getattr(decompressor, "unused_data", b""))
+        # at the end of a zlib stream its unconsumed_tail and unused_data are the same bytes: count them once
+        after = len(getattr(decompressor, "unused_data", b"")) if decompressor.eof else len(pending)
+        consumed = pos - (max(after, len(pending)) if is_zlib else after)
         # the bytearray itself, not a bytes copy: a copy would double the peak memory of a large member
         return Inflated(out, bool(decompressor.eof), consumed)
 
