@@ -135,3 +135,18 @@ def register(app: typer.Typer) -> None:
             err_console.print("error: nothing to scan: the paths given hold no files", highlight=False)
             raise typer.Exit(EXIT_ERROR)
         raise typer.Exit(EXIT_OK if report.is_clean(threshold) else EXIT_FAILED)
+
+
+def main() -> None:
+    """``python -m bastion.cli.scan_cmd PATHS...``: ``bastion scan`` alone, for pre-commit hooks.
+
+    The full ``bastion`` app imports every capability's module before it parses the command line; this
+    entry point imports only the scanner."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    register(app)
+    app(prog_name="bastion scan")
+
+
+if __name__ == "__main__":
+    main()
