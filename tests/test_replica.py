@@ -107,3 +107,29 @@ def test_mlp_whitebox_on_replica_beats_blackbox_and_counts_on_the_real_model(fla
     adv = opened.x_adv[broken].numpy()
     assert (est.predict(adv) != y[broken].numpy()).all()
     assert float((opened.x_adv[broken] - x[broken]).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_skops_standard_estimators_load_without_trust_and_others_are_named(flat: bn.datasets.Dataset,
+                                                                          tmp_path: pytest.TempPathFactory) -> None:
+    sio = pytest.importorskip("skops.io")
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import FunctionTransformer
+
+    from bastion.core.loading import load_model
+    from bastion.errors import ModelLoadError
+
+    xtr, ytr = flat.x_train.numpy()[:300], flat.y_train.numpy()[:300]
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=20, random_state=0)).fit(xtr, ytr)
+    rf = RandomForestClassifier(3, max_depth=3, random_state=0).fit(xtr, ytr)
+    odd = make_pipeline(FunctionTransformer(np.sort), LogisticRegression(max_iter=50)).fit(xtr, ytr)
+    for name, est in (("mlp", mlp), ("rf", rf), ("odd", odd)):
+        sio.dump(est, str(tmp_path / f"{name}.skops"))  # type: ignore[operator]
+    for name, est in (("mlp", mlp), ("rf", rf)):
+        m = load_model(tmp_path / f"{name}.skops")  # type: ignore[operator]
+        assert torch.equal(m.predict(flat.x_test[:20]), torch.from_numpy(est.predict(flat.x_test[:20].numpy())))
+    untrusted = sio.get_untrusted_types(file=str(tmp_path / "odd.skops"))  # type: ignore[operator]
+    with pytest.raises(ModelLoadError, match=r"numpy\.sort") as info:
+        load_model(tmp_path / "odd.skops")  # type: ignore[operator]
+    assert all(t in str(info.value) for t in untrusted if "numpy.sort" in t)
+    assert load_model(tmp_path / "odd.skops", trust_pickle=True) is not None  # type: ignore[operator]

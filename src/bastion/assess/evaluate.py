@@ -97,6 +97,8 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         opened, opened_note = open_model(m, xt, batch_size)
         if opened is not None:
             m = opened
+    if Capability.GRADIENTS not in m.capabilities and isinstance(suite, str):
+        specs += _structure_specs(m, xt, seed)
 
     runner = _Ensemble(m, geometry, xt, yt, seed, batch_size, num_classes)
     notes: list[str] = []
@@ -168,6 +170,24 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         x_adv=runner.x_adv.cpu(), adv_pred=runner.adv_pred.cpu(), distance=runner.distance.cpu(),
         attacks=list(stats.values()), findings=findings, examples=runner.kept(keep_examples),
         settings=settings, timings=timings, upper_bound=bool(bounded_by), bounded_by=bounded_by)
+
+
+def _structure_specs(m: Model, x: Tensor, seed: int) -> list[AttackSpec]:
+    """Attacks that exploit a closed model's structure: split search and a surrogate for tree ensembles."""
+    from bastion.attacks.evasion.trees import TreeSplitSearch, is_tree_model, surrogate_transfer
+
+    if not is_tree_model(m):
+        return []
+    found: dict[str, Attack] = {}
+
+    def transfer(norm: str, s: int, bs: int | None, nc: int) -> Attack:
+        if norm not in found:  # trained once, on the model's own labels around the data
+            found[norm] = surrogate_transfer(m, x, norm, seed=s)
+        return found[norm]
+
+    return [AttackSpec("TreeSplitSearch", "black-box", Capability.SCORES,
+                       lambda norm, s, bs, nc: TreeSplitSearch(norm, seed=s, batch_size=bs)),
+            AttackSpec("Transfer (surrogate)", "black-box", Capability.LABELS, transfer, ("linf", "l2"))]
 
 
 def _blackbox_finding(bounded_by: list[str], notes: list[str], opened_note: str, allowed: bool) -> Finding:

@@ -108,6 +108,10 @@ def evaluate_command(
     allow_masking: bool = typer.Option(False, "--allow-masking", help="Let the --min-robust-accuracy gate pass "
                                        "even when a HIGH gradient-masking finding says the number is not "
                                        "trustworthy (by default such a finding fails the gate).", metavar=""),
+    allow_blackbox_only: bool = typer.Option(False, "--allow-blackbox-only", help="Accept a robust accuracy that "
+                                             "only score/decision-based attacks measured (an upper bound; a model "
+                                             "without gradients or exact replica): its finding becomes a warning "
+                                             "instead of failing the gate.", metavar=""),
 ) -> None:
     """Measure robust accuracy with an AutoAttack-grade ensemble and check for gradient masking.
 
@@ -146,7 +150,8 @@ def evaluate_command(
             bar.update(task, description=what, completed=done, total=total)
 
         result = evaluate(net, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed, batch_size=batch_size,
-                          checks=checks, progress=on_progress, epsilon_labels=labels)
+                          checks=checks, progress=on_progress, epsilon_labels=labels,
+                          allow_blackbox_only=allow_blackbox_only)
     # A robust accuracy the masking checks call untrustworthy cannot clear a gate: it may be an artefact.
     result.gate = robustness_gate(labels, result.robust_accuracy, result.findings, min_robust_accuracy,
                                   allow_masking)
@@ -162,6 +167,7 @@ def evaluate_command(
             "clean_accuracy": result.clean_accuracy,
             "robust_accuracy": dict(zip(labels, result.robust_accuracy, strict=True)),
             "norm": result.norm, "n_examples": result.n_examples, "suite": suite,
+            "upper_bound": result.upper_bound, "bounded_by": result.bounded_by,
             "findings": [f.to_dict() for f in result.findings],
             "attacks": [a.to_dict() for a in result.attacks],
             "seconds": round(result.timings["total"], 3),
@@ -186,7 +192,8 @@ def _print_summary(result: Any, labels: list[str], threshold: float | None, fail
     for i in sorted(range(len(labels)), key=lambda j: result.epsilons[j]):
         acc = result.robust_accuracy[i]
         style = "red" if threshold is not None and acc < threshold else ""
-        table.add_row(labels[i], f"[{style}]{acc:.1%}[/]" if style else f"{acc:.1%}")
+        shown = f"≤ {acc:.1%}" if result.upper_bound else f"{acc:.1%}"  # black-box only: an upper bound
+        table.add_row(labels[i], f"[{style}]{shown}[/]" if style else shown)
     console.print(table)
     for f in result.findings:
         colour = {"high": "red", "warning": "yellow"}.get(f.severity, "cyan")
@@ -197,6 +204,6 @@ def _print_summary(result: Any, labels: list[str], threshold: float | None, fail
         console.print(f"{kind} report: {path}", highlight=False)
     if threshold is not None:
         reasons = ([f"below at ε={', '.join(failed)}"] if failed else []) + \
-            ([f"untrustworthy ({', '.join(untrusted)}; --allow-masking to gate anyway)"] if untrusted else [])
+            ([f"untrustworthy ({', '.join(untrusted)}; --allow-masking or --allow-blackbox-only to gate anyway)"] if untrusted else [])
         verdict = f"[red]FAILED[/]: {'; '.join(reasons)}" if reasons else "[green]PASSED[/]"
         console.print(f"minimum robust accuracy {threshold:.1%}: {verdict}", highlight=False)

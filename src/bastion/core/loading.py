@@ -157,9 +157,13 @@ def load_model(path: str | Path, *, factory: str | None = None, bounds: tuple[fl
 
         try:
             untrusted = sio.get_untrusted_types(file=str(p))
-            if untrusted and not trust_pickle:
-                raise ModelLoadError(f"{p}: skops file names types outside its safe set: {untrusted}; "
-                                     "pass --trust-pickle if you trust them")
+            reviewed = set(trusted_skops_types())
+            unknown = [t for t in untrusted if t not in reviewed]
+            if unknown and not trust_pickle:
+                raise ModelLoadError(f"{p}: skops file names types outside skops' safe set and Bastion's reviewed "
+                                     f"scikit-learn types: {', '.join(unknown)}; pass --trust-pickle only if you "
+                                     "trust them")
+            # Only the types this file names and the review admits (or, with --trust-pickle, all it names).
             est = sio.load(str(p), trusted=untrusted or None)
         except ModelLoadError:
             raise
@@ -172,6 +176,14 @@ def load_model(path: str | Path, *, factory: str | None = None, bounds: tuple[fl
         return _load_trusted_pickle(p, kind, bounds, torch_kw)
     raise ModelLoadError(f"{p}: unrecognised model format; expected TorchScript, ONNX, skops, "
                          "safetensors (+ --factory) or, with --trust-pickle, a pickle")
+
+
+def trusted_skops_types() -> list[str]:
+    """Exact ``module.Name`` types a skops file may name without --trust-pickle: the scanner's reviewed
+    scikit-learn, SciPy and NumPy classes (``bastion.scan.policy``), one list for scanning and loading."""
+    from bastion.scan.policy import trusted_skops_types as reviewed
+
+    return reviewed()
 
 
 def _onnx_session(p: Path) -> Any:
