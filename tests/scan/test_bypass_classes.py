@@ -90,10 +90,13 @@ def test_safe_load_never_leaves_the_marker(tmp_path: Path, weights_only: bool) -
 
 
 def test_safe_load_refuses_re_exports_even_when_a_policy_admits_the_name(tmp_path: Path) -> None:
+    from bastion.scan.safe_load import UnsafeModelError
+
     path = tmp_path / "reexport.pkl"
-    path.write_bytes(b"\x80\x04csklearn.utils._bunch\nPath\n)R.")  # pathlib.Path re-exported? refused either way
-    pol = Policy.default().extended(allow=["sklearn.utils._bunch:Path"])
-    with pytest.raises(ModelLoadError):
+    # sklearn.utils.discovery imports pathlib.Path: the name resolves, but not to something defined there
+    path.write_bytes(b"\x80\x02csklearn.utils.discovery\nPath\nX\x01\x00\x00\x00x\x85R.")
+    pol = Policy.default().extended(allow=["sklearn.utils.discovery:Path"])
+    with pytest.raises(UnsafeModelError, match="defined outside"):
         safe_load(path, policy=pol, weights_only=False)
 
 
