@@ -939,8 +939,68 @@ def safetensors_cases() -> Iterator[Case]:
                struct.pack("<Q", 12) + b"{not json!!}" + bytes(16), "high")
 
 
+def _tar1(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def issue9_cases() -> Iterator[Case]:
+    """The bypass classes of issue 9 (streams a loader joins, polyglots, recognition, graphs in graphs,
+    truncation), each in the containers it rides in."""
+    call = f"cos\nsystem\n(S'{CMD}'\ntR.".encode()
+    cut = call.index(b"tem")
+    for label, comp, ext in (("gzip", gzip.compress, "gz"), ("bz2", bz2.compress, "bz2"),
+                             ("xz", lzma.compress, "xz"), ("zlib", zlib.compress, "z")):
+        joined = comp(call[:cut]) + comp(call[cut:])
+        yield Case(f"split_members_{label}", "joined_streams", label, "issue 9: pickle split across members",
+                   f"model.joblib.{ext}", joined)
+        yield Case(f"split_members_{label}_in_zip", "joined_streams", "zip", "issue 9: split members in a zip",
+                   "bundle.zip", _zip([(f"model.joblib.{ext}", joined)]))
+    poly = _tar1(call.decode("latin-1"), b"abc")
+    yield Case("tar_header_pickle", "tar_pickle_polyglot", "tar", "issue 9: a tar header that is a pickle",
+               "model.tar", poly)
+    yield Case("tar_header_pickle_gz", "tar_pickle_polyglot", "gzip", "issue 9: same, gzipped", "model.tar.gz",
+               gzip.compress(poly))
+    yield Case("tar_header_pickle_in_zip", "tar_pickle_polyglot", "zip", "issue 9: same, in a zip", "bundle.zip",
+               _zip([("inner.tar", poly)]))
+    for ub in (512, 2048):
+        import h5py
+
+        f = io.BytesIO()
+        with h5py.File(f, "w", userblock_size=ub) as h:
+            h.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": [
+                {"class_name": "Lambda", "config": {"function": ["x"], "function_type": "lambda"}}]}})
+        yield Case(f"hdf5_userblock_{ub}", "hdf5_userblock", "hdf5", "issue 9: HDF5 superblock after a user block",
+                   "model.h5", f.getvalue())
+        yield Case(f"hdf5_userblock_{ub}_pickle", "hdf5_userblock", "hdf5",
+                   "issue 9: a pickle in the user block of an HDF5 file", "model.h5",
+                   b"\x80\x02" + call + f.getvalue()[2 + len(call):])
+    for i, (mod, cls, conf) in enumerate((("keras.src.utils.file_utils", "get_file", {"origin": "http://x"}),
+                                          ("keras.layers", "TFSMLayer", {"filepath": "/tmp/x"}),
+                                          ("keras.layers", "StringLookup", {"vocabulary": "/etc/passwd"}))):
+        cfg = json.dumps({"module": "keras", "class_name": "Sequential", "config": {"layers": [
+            {"module": mod, "class_name": cls, "config": conf}]}}).encode()
+        members = [("config.json", cfg)] if i != 1 else [("config.json", cfg), ("model.weights.h5", b"")]
+        yield Case(f"keras_name_{cls.lower()}", "keras_module_by_name", "keras",
+                   "issue 9: keras.* not trusted by name; no metadata.json", "model.keras", _zip(members), "high")
+    code = b"def forward(self, x: Tensor) -> Tensor:\n    _0 = torch.from_file(\"/dev/shm/x\", True, 64)\n    return x\n"
+    ts = _zip([("archive/code/__torch__/m.py", code), ("archive/constants.pkl", b"\x80\x02).")])
+    yield Case("torchscript_from_file", "torchscript_file_calls", "torchscript", "issue 9: maps a file",
+               "model.pt", ts)
+    saves = code.replace(b"torch.from_file(\"/dev/shm/x\", True, 64)", b"torch.save(x, \"/tmp/out.pt\")")
+    yield Case("torchscript_save", "torchscript_file_calls", "torchscript", "issue 9: writes a file", "model.pt",
+               _zip([("archive/code/__torch__/m.py", saves), ("archive/constants.pkl", b"\x80\x02).")]))
+    yield Case("torchscript_from_file_tar", "torchscript_file_calls", "tar", "issue 9: same, in a tar",
+               "model.tar", _tar1("model.pt", ts))
+
+
 def all_cases(full: bool = True) -> list[Case]:
-    cases = [*pickle_cases(full), *zip_tamper_cases(), *keras_cases(), *onnx_cases(), *safetensors_cases()]
+    cases = [*pickle_cases(full), *zip_tamper_cases(), *keras_cases(), *onnx_cases(), *safetensors_cases(),
+             *issue9_cases()]
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise AssertionError("corpus case names must be unique")

@@ -43,7 +43,8 @@ def malicious_scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[
 def _bypass_classes() -> list[str]:
     names = [p.name for p in malicious.payloads()]
     names += sorted({c.bypass for c in (*malicious.zip_tamper_cases(), *malicious.keras_cases(),
-                                        *malicious.onnx_cases(), *malicious.safetensors_cases())})
+                                        *malicious.onnx_cases(), *malicious.safetensors_cases(),
+                                        *malicious.issue9_cases())})
     return names
 
 
