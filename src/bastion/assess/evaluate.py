@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from bastion.assess.checks import CheckContext, run_checks
-from bastion.assess.probing import ScoresOnly, gradient_findings, probe_gradients
+from bastion.assess.probing import (
+    REPORT_DRAWS,
+    Expected,
+    ScoresOnly,
+    accuracy_draws,
+    gradient_findings,
+    is_randomised,
+    probe_gradients,
+)
 from bastion.assess.result import AttackStats, EvaluationResult, Finding, KeptExample
 from bastion.assess.suites import AttackSpec, resolve_suite
 from bastion.attacks.evasion.base import Attack, MinimizationAttack
@@ -83,6 +91,12 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     num_classes = probed if probed is not None else m.infer_num_classes(xt)
     yt = check_labels(y, xt.shape[0], num_classes, argument="y", device=m.device)
 
+    # A random forward pass is judged in expectation: attacks see averaged scores (EOT gradients).
+    real = m
+    randomised = is_randomised(m, xt)
+    if randomised:
+        m = Expected(m)
+
     # Ask the model for gradients before trusting its type: a module may return detached or flat logits.
     probe_found: list[Finding] = []
     if Capability.GRADIENTS in m.capabilities:
@@ -143,6 +157,15 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     if progress is not None:
         progress("done", done, n_steps)
 
+    clean_acc = int(runner.correct.sum()) / int(xt.shape[0])
+    random_info: dict[str, Any] | None = None
+    if randomised:
+        clean_acc, robust, random_info = _in_expectation(real, runner, eps_list, batch_size)
+        findings.append(Finding("randomised_model", "info",
+                                f"two forward passes on the same inputs differed: accuracies are expectations over "
+                                f"{random_info['draws']} draws (clean {clean_acc:.1%} ± {random_info['clean_spread']:.1%} "
+                                "between draws) and white-box attacks used EOT gradients", random_info))
+
     timings = {"total": time.perf_counter() - t_start, "attacks": t_attacks, "checks": t_checks}
     timings.update({f"attack:{name}": st.seconds for name, st in stats.items()})
     settings = {
@@ -162,14 +185,34 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
         "torch": torch.__version__,
         "replica": opened_note or None,
         "allow_blackbox_only": allow_blackbox_only,
+        "randomised": random_info,
     }
     return EvaluationResult(
         norm=geometry.name, epsilons=list(eps_list), epsilon_labels=labels, n_examples=int(xt.shape[0]),
-        clean_accuracy=int(runner.correct.sum()) / int(xt.shape[0]), robust_accuracy=robust,
+        clean_accuracy=clean_acc, robust_accuracy=robust,
         correct=runner.correct.cpu(), broken_eps=runner.broken_eps.cpu(), broken_by=runner.broken_by,
         x_adv=runner.x_adv.cpu(), adv_pred=runner.adv_pred.cpu(), distance=runner.distance.cpu(),
         attacks=list(stats.values()), findings=findings, examples=runner.kept(keep_examples),
         settings=settings, timings=timings, upper_bound=bool(bounded_by), bounded_by=bounded_by)
+
+
+def _in_expectation(real: Model, runner: _Ensemble, eps_list: list[float],
+                    batch_size: int | None) -> tuple[float, list[float], dict[str, Any]]:
+    """Clean and robust accuracy of a randomised model as means over independent draws of the real model.
+
+    At each epsilon an example is scored on the adversarial found within it (the input itself otherwise).
+    """
+    clean = accuracy_draws(real, runner.x, runner.y, REPORT_DRAWS, batch_size)
+    robust, spread = [], []
+    for eps in eps_list:
+        hit = (runner.broken_eps <= eps) & runner.correct
+        at = torch.where(hit.reshape((-1,) + (1,) * (runner.x.dim() - 1)), runner.x_adv, runner.x)
+        acc = accuracy_draws(real, at, runner.y, REPORT_DRAWS, batch_size)
+        robust.append(float(acc.mean()))
+        spread.append(float(acc.std()))
+    info = {"draws": REPORT_DRAWS, "clean_spread": float(clean.std()), "robust_spread": spread,
+            "eot_draws": getattr(runner.model, "draws", None) or getattr(runner.adaptive, "draws", None)}
+    return float(clean.mean()), robust, info
 
 
 def _structure_specs(m: Model, x: Tensor, seed: int) -> list[AttackSpec]:

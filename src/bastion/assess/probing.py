@@ -95,3 +95,72 @@ def gradient_findings(probe: GradientProbe) -> list[Finding]:
                         "see a flat loss, so their failure is not evidence of robustness",
                         {"has_graph": True, **probe.evidence})]
     return []
+
+
+#: forward passes each prediction of a randomised model is averaged over (the EOT view)
+EOT_DRAWS = 8
+#: draws of the real model behind each reported accuracy of a randomised model
+REPORT_DRAWS = 16
+
+
+def is_randomised(model: Model, x: Tensor) -> bool:
+    """True when two forward passes on the same inputs differ (noise, random resizing, sampled masks)."""
+    xs = x[:PROBE_SAMPLE]
+    with torch.no_grad():
+        if Capability.SCORES in model.capabilities:
+            return not torch.equal(model.scores(xs), model.scores(xs))
+        return not torch.equal(model.predict(xs), model.predict(xs))
+
+
+class Expected(Model):
+    """A randomised model seen in expectation: scores averaged over ``draws`` forward passes.
+
+    Gradients through the average are EOT gradients (Athalye et al., 2018), so every white-box attack of
+    the suite uses them without knowing the model is random; predictions are the argmax of the average.
+    """
+
+    def __init__(self, inner: Model, draws: int = EOT_DRAWS) -> None:
+        super().__init__()
+        self.inner, self.draws = inner, draws
+        self.capabilities = inner.capabilities
+        self.bounds, self.device, self.num_classes = inner.bounds, inner.device, inner.num_classes
+        self.adaptive_notes = (*inner.adaptive_notes, f"EOT over {draws} draws (randomised forward pass)")
+
+    @property
+    def kind(self) -> str:
+        return f"{self.inner.kind} (expectation over {self.draws} draws)"
+
+    def scores(self, x: Tensor) -> Tensor:
+        self._count(x)
+        if Capability.SCORES not in self.capabilities:
+            return super().scores(x)
+        out = self.inner.scores(x)
+        for _ in range(self.draws - 1):
+            out = out + self.inner.scores(x)
+        return out / self.draws
+
+    def predict(self, x: Tensor) -> Tensor:
+        if Capability.SCORES in self.capabilities:
+            with torch.no_grad():
+                return self.scores(x).argmax(dim=1)
+        self._count(x)
+        votes = torch.stack([self.inner.predict(x) for _ in range(self.draws)])
+        return votes.mode(dim=0).values
+
+    def adaptive(self) -> Model:
+        inner = self.inner.adaptive()
+        return self if inner is self.inner else Expected(inner, self.draws)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "kind": self.kind, "randomised": True, "eot_draws": self.draws}
+
+
+def accuracy_draws(model: Model, x: Tensor, y: Tensor, draws: int, batch_size: int | None) -> Tensor:
+    """Accuracy of ``model`` on ``(x, y)`` in each of ``draws`` independent forward passes, shape (draws,)."""
+    bs = batch_size or max(1, int(x.shape[0]))
+    accs = []
+    with torch.no_grad():
+        for _ in range(draws):
+            pred = torch.cat([model.predict(x[i:i + bs]).to(y.device) for i in range(0, int(x.shape[0]), bs)])
+            accs.append((pred == y).float().mean())
+    return torch.stack(accs)
