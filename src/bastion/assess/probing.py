@@ -149,7 +149,10 @@ class Expected(Model):
 
     def adaptive(self) -> Model:
         inner = self.inner.adaptive()
-        return self if inner is self.inner else Expected(inner, self.draws)
+        if inner is self.inner:
+            return self
+        # A defence's own adaptive view may already average over its randomness: do not square the cost.
+        return inner if any("EOT" in n for n in inner.adaptive_notes) else Expected(inner, self.draws)
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "kind": self.kind, "randomised": True, "eot_draws": self.draws}
