@@ -141,6 +141,8 @@ def evaluate(model: Any, x: Any, y: Any, threat: ThreatModel | None = None, *, n
     bounded_by = [] if any(s.family == "white-box" for s, _ in attacks) else [s.name for s, _ in attacks]
     if bounded_by:
         findings.append(_blackbox_finding(bounded_by, notes, opened_note, allow_blackbox_only))
+    elif opened_note and not opened_note.startswith("no exact replica"):
+        findings.append(Finding("opened_by_replica", "info", opened_note, {"replica": True}))
     t_checks = 0.0
     if checks:
         if progress is not None:
