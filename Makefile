@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bastion demo
+	$(BIN)/bastion demo --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
