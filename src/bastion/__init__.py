@@ -34,7 +34,24 @@ _NAMES = {
 }
 
 if TYPE_CHECKING:
-    from bastion import assess, attacks, certify, core, data, datasets, defenses, detect, guard, monitor, privacy, registry, respond, scan, sign, zoo
+    from bastion import (
+        assess,
+        attacks,
+        certify,
+        core,
+        data,
+        datasets,
+        defenses,
+        detect,
+        guard,
+        monitor,
+        privacy,
+        registry,
+        respond,
+        scan,
+        sign,
+        zoo,
+    )
     from bastion.assess.evaluate import evaluate
     from bastion.core import L1, L2, Capability, Linf, Model, Norm, ThreatModel, get_norm, wrap
     from bastion.core.loading import load_model
