@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import typer
+import importlib
+import os
+import sys
 
-from bastion.cli import (
-    assess_cmd,
-    attack_cmd,
-    audit_cmd,
-    certify_cmd,
-    convert_cmd,
-    data_cmd,
-    demo_cmd,
-    evaluate_cmd,
-    harden_cmd,
-    incident_cmd,
-    keys_cmd,
-    monitor_cmd,
-    privacy_cmd,
-    registry_cmd,
-    scan_cmd,
-    serve_cmd,
-    sign_cmd,
-)
+import typer
 
 app = typer.Typer(
     name="bastion",
@@ -54,28 +38,43 @@ def _main(
     """Options that come before the command (the app's help text is set on ``app``)."""
 
 
-# One command group per capability, in the order `bastion --help` lists them.
-COMMAND_MODULES = (
-    assess_cmd,
-    attack_cmd,
-    evaluate_cmd,
-    demo_cmd,
-    scan_cmd,
-    convert_cmd,
-    sign_cmd,
-    harden_cmd,
-    certify_cmd,
-    privacy_cmd,
-    monitor_cmd,
-    registry_cmd,
-    incident_cmd,
-    serve_cmd,
-    keys_cmd,
-    audit_cmd,
-    data_cmd,
-)
-for module in COMMAND_MODULES:
-    module.register(app)
+# One command group per capability, in the order `bastion --help` lists them, with the commands each adds.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "assess_cmd": ("assess",),
+    "attack_cmd": ("attack",),
+    "evaluate_cmd": ("evaluate", "report"),
+    "demo_cmd": ("demo",),
+    "scan_cmd": ("scan",),
+    "convert_cmd": ("convert",),
+    "sign_cmd": ("keygen", "sign", "verify"),
+    "harden_cmd": ("harden",),
+    "certify_cmd": ("certify",),
+    "privacy_cmd": ("privacy",),
+    "monitor_cmd": ("monitor",),
+    "registry_cmd": ("registry",),
+    "incident_cmd": ("incident",),
+    "serve_cmd": ("serve",),
+    "keys_cmd": ("keys",),
+    "audit_cmd": ("audit",),
+    "data_cmd": ("data",),
+}
+
+
+def _modules_to_load(argv: list[str]) -> list[str]:
+    """Every command module, except when the console script runs one known command: then only its module.
+
+    `bastion scan FILE` in a pre-commit hook should not pay for importing the gateway, the privacy attacks
+    and their libraries; `--help`, the Python API (tests, CliRunner) and anything unusual load everything.
+    """
+    if os.path.basename(argv[0] if argv else "") == "bastion" and len(argv) > 1:
+        for module, names in COMMANDS.items():
+            if argv[1] in names:
+                return [module]
+    return list(COMMANDS)
+
+
+for _name in _modules_to_load(sys.argv):
+    importlib.import_module(f"bastion.cli.{_name}").register(app)
 
 
 @app.command()
