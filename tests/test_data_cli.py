@@ -161,3 +161,22 @@ def test_bad_input_is_exit_2_with_a_clear_message(tmp_path: Path, setup: str, ar
         (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n")
     res = runner.invoke(app, ["data", *[a.format(d=tmp_path) for a in args]])
     assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output
+
+
+def test_diff_matches_records_by_content_before_position() -> None:
+    from bastion.data.manifest import diff
+
+    def manifest(digests: list[str]) -> dict[str, object]:
+        return {"records": [{"id": str(i), "sha256": d} for i, d in enumerate(digests)]}
+
+    old = manifest(["a", "b", "c", "d", "d"])
+    removed = diff(old, manifest(["a", "c", "d", "d"]))        # "b" taken out: later ids shift by one
+    assert (removed.added, removed.removed, removed.changed) == ([], ["1"], [])
+    # Every moved record keeps its content (duplicates may pair either way).
+    o, n = {e["id"]: e["sha256"] for e in old["records"]}, {str(i): d for i, d in enumerate("acdd")}  # type: ignore[index]
+    assert removed.moved and all(o[a] == n[b] for a, b in removed.moved)
+    flipped = diff(old, manifest(["a", "b", "x", "d", "d"]))   # one record's bytes changed in place
+    assert (flipped.added, flipped.removed, flipped.changed) == ([], [], ["2"])
+    grown = diff(old, manifest(["a", "b", "c", "d", "d", "d"]))  # one more copy of a duplicate is an addition
+    assert (grown.added, grown.removed, grown.changed) == (["5"], [], [])
+    assert diff(old, old).empty

@@ -266,5 +266,7 @@ def diff_cmd(
                 typer.echo(f"{kind}: {n}")
         for p in bad_sig:
             typer.echo(f"signature does not verify: {p}")
-        typer.echo("identical" if d.empty else f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed")
+        moved = f" ({len(d.moved)} unchanged records renumbered)" if d.moved else ""
+        typer.echo(("identical" if d.empty else
+                    f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed") + moved)
     raise typer.Exit(EXIT_OK if d.empty and not bad_sig else EXIT_FAILED)

@@ -106,21 +106,51 @@ class ManifestDiff:
     added: list[str]
     removed: list[str]
     changed: list[str]
+    #: (old id, new id) of records whose content is unchanged but whose position-based id moved, e.g. after
+    #: records before them were removed; not a difference in the data
+    moved: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed)
 
     def to_json(self) -> dict[str, Any]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed, "identical": self.empty}
+        return {"added": self.added, "removed": self.removed, "changed": self.changed,
+                "moved": [list(m) for m in self.moved], "identical": self.empty}
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> ManifestDiff:
-    """Records added, removed and changed (same id, other digest) from ``old`` to ``new``."""
+    """Records added, removed and changed from ``old`` to ``new``, matched by content before id.
+
+    Ids of array and table records are positions, so removing one record renumbers every later one; a record
+    whose digest still appears in the new set (as many times as in the old one) is the same record moved, not
+    a change. What is left: an id unmatched on both sides with another digest is changed (one flipped byte is
+    one changed record), old-only content is removed, new-only content is added.
+    """
     a = {e["id"]: e["sha256"] for e in old["records"]}
     b = {e["id"]: e["sha256"] for e in new["records"]}
+    same = {i for i in a if b.get(i) == a[i]}
+    pool: dict[str, list[str]] = {}
+    for i in b:
+        if i not in same:
+            pool.setdefault(b[i], []).append(i)
+    for ids in pool.values():
+        ids.reverse()  # pop() hands out new ids in their original order
+    moved: list[tuple[str, str]] = []
+    left_old: list[str] = []
+    for i in a:
+        if i in same:
+            continue
+        if pool.get(a[i]):
+            moved.append((i, pool[a[i]].pop()))
+        else:
+            left_old.append(i)
+    taken = same | {n for _, n in moved}
+    left_new = {i for i in b if i not in taken}
+    changed = [i for i in left_old if i in left_new]
     return ManifestDiff(
-        added=[i for i in b if i not in a],
-        removed=[i for i in a if i not in b],
-        changed=[i for i in a if i in b and a[i] != b[i]],
+        added=[i for i in b if i in left_new and i not in changed],
+        removed=[i for i in left_old if i not in changed],
+        changed=changed,
+        moved=moved,
     )
