@@ -21,16 +21,14 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    create_engine,
-    event,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bastion import database
 from bastion.errors import InputError
 
-#: seconds a SQLite writer waits for another process's write lock before failing
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_BUSY_TIMEOUT_MS = database.SQLITE_BUSY_TIMEOUT_MS
 
 
 class Base(DeclarativeBase):
@@ -103,49 +101,12 @@ def default_url(model_path: str | Path) -> str:
 
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for ``url`` (a SQLite file path is accepted as is), SQLite tuned for durable WAL commits.
-
-    ``sqlite_synchronous``: FULL (default) makes a commit survive power loss; NORMAL survives the process
-    being killed (the WAL is written before the commit returns) but not the machine losing power, and saves
-    an fsync per commit.
-    """
+    """The gateway's database: SQLite or PostgreSQL only (:func:`bastion.database.make_engine`)."""
     if sqlite_synchronous not in ("FULL", "NORMAL"):
         raise InputError("audit_sync", sqlite_synchronous, "full or normal")
-    if "://" not in url:
-        url = f"sqlite:///{url}"
-    if not url.startswith(("sqlite", "postgresql")):
+    if "://" in url and not url.startswith(("sqlite", "postgresql")):
         raise InputError("db", url, "a database URL: sqlite:///path.db or postgresql+psycopg://user@host/db")
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-    else:
-        # No pool_pre_ping: it costs a round trip on every checkout, twice per request; stale connections
-        # are recycled instead.
-        kwargs["pool_recycle"] = 1800
-    engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
-        _tune_sqlite(engine, sqlite_synchronous)
-    return engine
-
-
-def _tune_sqlite(engine: Engine, synchronous: str) -> None:
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        # pysqlite's own transaction handling defers BEGIN; let SQLAlchemy's events issue it instead.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that returned survives power loss (WAL + NORMAL may lose the last commits then).
-        cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+    return database.make_engine(url, sqlite_synchronous)
 
 
 def migrate(engine: Engine) -> None:

@@ -11,9 +11,11 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from bastion import database
 
 STAGES = ("none", "staging", "production", "archived")
 
@@ -60,15 +62,8 @@ def event_hash(prev_hash: str, time: str, action: str, name: str, version: str, 
 
 
 def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn: Any, _record: Any) -> None:  # durability and concurrent readers
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
+    """The registry's engine (:func:`bastion.database.make_engine`), with its tables created."""
+    engine = database.make_engine(url)
     Base.metadata.create_all(engine)
     return engine
 

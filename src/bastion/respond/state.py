@@ -8,12 +8,13 @@ restart, and is undone by resolving its incident from any machine.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Float, Integer, String, create_engine, event, select
+from sqlalchemy import JSON, Float, Integer, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from bastion import database
 from bastion.errors import InputError
 
 
@@ -61,30 +62,19 @@ class ThrottleRow(Base):
     since: Mapped[str] = mapped_column(String(40))
 
 
+_Row = TypeVar("_Row", ServingStateRow, ThrottleRow)
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=10000")
-            cur.close()
-    Base.metadata.create_all(engine)
-    return engine
 
 
 class ResponseState:
     """Reads and writes incidents, serving modes and throttles (one object per process)."""
 
     def __init__(self, engine_or_url: Engine | str) -> None:
-        self.engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        if not isinstance(engine_or_url, str):
-            Base.metadata.create_all(self.engine)
+        self.engine = database.make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+        Base.metadata.create_all(self.engine)
 
     # -- serving state, read by the gateway on each request (through a short cache) ---------------------
     def serving(self, model: str) -> dict[str, Any] | None:
@@ -95,23 +85,12 @@ class ResponseState:
 
     def set_serving(self, model: str, mode: str, incident: str, *, route_to: str | None = None,
                     retry_after: int | None = None) -> None:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(ServingStateRow, model)
-            if row is None:
-                s.add(ServingStateRow(model=model, mode=mode, route_to=route_to, retry_after=retry_after,
-                                      incident=incident, since=now()))
-            else:
-                row.mode, row.route_to, row.retry_after, row.incident, row.since = mode, route_to, retry_after, \
-                    incident, now()
+        self._put(ServingStateRow(model=model, mode=mode, route_to=route_to, retry_after=retry_after,
+                                  incident=incident, since=now()))
 
     def clear_serving(self, model: str, incident: str) -> bool:
         """Back to normal, only if this incident set the current state (a later incident's state stays)."""
-        with Session(self.engine) as s, s.begin():
-            row = s.get(ServingStateRow, model)
-            if row is None or row.incident != incident:
-                return False
-            s.delete(row)
-            return True
+        return self._clear(ServingStateRow, model, incident)
 
     def throttle(self, key: str) -> float | None:
         with Session(self.engine) as s:
@@ -119,16 +98,19 @@ class ResponseState:
             return None if row is None else row.rate
 
     def set_throttle(self, key: str, rate: float, incident: str) -> None:
-        with Session(self.engine) as s, s.begin():
-            row = s.get(ThrottleRow, key)
-            if row is None:
-                s.add(ThrottleRow(key=key, rate=rate, incident=incident, since=now()))
-            else:
-                row.rate, row.incident, row.since = rate, incident, now()
+        self._put(ThrottleRow(key=key, rate=rate, incident=incident, since=now()))
 
     def clear_throttle(self, key: str, incident: str) -> bool:
+        return self._clear(ThrottleRow, key, incident)
+
+    def _put(self, row: ServingStateRow | ThrottleRow) -> None:
+        """Insert, or replace the row with the same primary key (one model's state, one key's throttle)."""
         with Session(self.engine) as s, s.begin():
-            row = s.get(ThrottleRow, key)
+            s.merge(row)
+
+    def _clear(self, table: type[_Row], key: str, incident: str) -> bool:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(table, key)
             if row is None or row.incident != incident:
                 return False
             s.delete(row)
