@@ -314,17 +314,9 @@ class EvaluationResult:
 
 def _write(path: Path, text: str) -> Path:
     """Write through a temporary file and a rename: a crash never leaves half a report."""
-    import os
-    import secrets
+    from bastion.atomic import write_text_atomic
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(path, text)
 
 
 def _num(v: float) -> float | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
+from bastion.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from bastion.errors import InputError
 
 
@@ -89,33 +89,4 @@ def check_outputs(folder: str | Path, names: Iterable[str], *, inputs: Iterable[
     return {name: check_output(d / name, inputs=ins, force=force, what=what) for name in names}
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
-
-    The temporary name keeps the suffix (``np.savez`` appends ``.npz`` otherwise) and starts with a dot,
-    so a crash leaves at worst a hidden leftover, never a truncated ``path``.
-    """
-    final = Path(path)
-    tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+__all__ = ["atomic_path", "check_output", "check_outputs", "write_bytes_atomic", "write_text_atomic"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bastion.atomic import write_bytes_atomic
 from bastion.errors import InputError
 from bastion.monitor._checks import as_rows, check_alpha, require_fitted
 from bastion.monitor.drift import KSDrift, MMDDrift
@@ -126,16 +125,7 @@ class Baseline:
         buf = io.BytesIO()
         np.savez(buf, inputs=self.reference_inputs_, probs=self.reference_probs_,
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, buf.getvalue())
         return path
 
     @classmethod

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bastion.atomic import atomic_path
 from bastion.errors import BastionError, InputError
 from bastion.registry.api import Registry
 from bastion.registry.db import EventRow, VersionRow, append_event
@@ -103,20 +104,11 @@ def backup(reg: Registry, dest: str | Path, key_file: str | Path, signing_key: s
              "events": events, "objects": digests, "signer": key_id(priv.public_key())}
     index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w") as tar:
-                _add(tar, "index.json.sealed", _seal(aes, "index.json", index_bytes))
-                _add(tar, "index.sig", sign_bytes(priv, index_bytes))
-                for d in digests:
-                    _add(tar, f"objects/{d}.sealed", _seal(aes, d, reg.store.open_verified(d).read_bytes()))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+        _add(tar, "index.json.sealed", _seal(aes, "index.json", index_bytes))
+        _add(tar, "index.sig", sign_bytes(priv, index_bytes))
+        for d in digests:
+            _add(tar, f"objects/{d}.sealed", _seal(aes, d, reg.store.open_verified(d).read_bytes()))
     return {"backup": str(out), "versions": len(versions), "objects": len(digests), "events": len(events)}
 
 
