@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bastion.errors import BastionError, InputError
-from bastion.registry.db import STAGES, EventRow, VersionRow, append_event, make_engine, verify_events
+from bastion.registry.db import EventRow, VersionRow, append_event, make_engine, verify_events
 from bastion.registry.policy import GatePolicy, extract_evidence, judge
 from bastion.registry.store import BlobStore, sha256_file
 
@@ -269,7 +269,3 @@ class Registry:
                 raise RegistryRefusal(f"checkout of {name}@{ref}", ["signature no longer verifies: "
                                                                     + "; ".join(res.reasons[:5])])
         return info, out
-
-
-def stages() -> tuple[str, ...]:
-    return STAGES

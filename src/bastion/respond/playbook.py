@@ -36,13 +36,6 @@ class Action:
     kind: str
     argument: str | float | None = None
 
-    @property
-    def undoable(self) -> bool:
-        return ACTIONS[self.kind]
-
-    def describe(self) -> str:
-        return self.kind if self.argument is None else f"{self.kind} {self.argument}"
-
 
 @dataclass(frozen=True)
 class Playbook:

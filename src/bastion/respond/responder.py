@@ -8,7 +8,7 @@ from typing import Any
 
 from bastion.errors import InputError
 from bastion.monitor.alerts import Incident
-from bastion.respond.playbook import Action, Event, Matcher, Playbook
+from bastion.respond.playbook import ACTIONS, Action, Event, Matcher, Playbook
 from bastion.respond.state import IncidentRow, ResponseState
 
 #: MITRE ATLAS techniques a firing source most likely means
@@ -106,7 +106,7 @@ def resolve(state: ResponseState, incident_id: str, note: str = "", *, undo: boo
         raise InputError("INCIDENT", inc["id"], "an open incident (this one is already resolved)")
     actions = [dict(a) for a in inc["actions"]]
     for a in reversed(actions):
-        if not (undo and a.get("ok")):
+        if not (undo and a.get("ok") and ACTIONS.get(a["action"], False)):
             continue
         if a["action"] in ("route-to", "offline"):
             a["undone"] = state.clear_serving(inc["model"], inc["id"])
