@@ -46,11 +46,14 @@ def assess_command(
     model: Path | None = typer.Option(None, "--model", "-m", help="Model file (TorchScript, ONNX, skops, safetensors "
                                       "+ --factory, or with --trust-pickle a pickle) or a model folder."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Labelled test data (.npz with x, y; .csv; image "
-                                     "folder): accuracy, robustness and certification."),
-    train: Path | None = typer.Option(None, "--train", help="Labelled training data: poisoning audit."),
-    members: Path | None = typer.Option(None, "--members", help="Training records (membership inference)."),
-    non_members: Path | None = typer.Option(None, "--non-members", help="Records never trained on (membership "
-                                            "inference)."),
+                                     "folder), never trained on: accuracy, robustness, certification, and the "
+                                     "non-members of membership inference and extraction unless --non-members."),
+    train: Path | None = typer.Option(None, "--train", help="Labelled training data: poisoning audit, and the "
+                                      "members of membership inference unless --members."),
+    members: Path | None = typer.Option(None, "--members", help="Training records for membership inference "
+                                        "(default: --train)."),
+    non_members: Path | None = typer.Option(None, "--non-members", help="Records never trained on, for membership "
+                                            "inference and as the extraction attacker's queries (default: --data)."),
     policy: Path | None = typer.Option(None, "--policy", "-p", help="YAML policy (default: built-in defaults; "
                                        "write a commented one with --init-policy)."),
     demo_policy: bool = typer.Option(False, "--demo-policy", help="Use the README's demo policy (robust accuracy "
@@ -95,7 +98,9 @@ def assess_command(
     What runs: the file scan always (the model is loaded only if it passes); the signature with --pub
     (or fails when the policy requires one); clean and robust accuracy with --data (white-box attacks when
     the model has gradients, black-box otherwise, which only passes with allow_upper_bound); certified
-    accuracy when the policy asks; the poisoning audit with --train. Skipped checks say why.
+    accuracy when the policy asks; the poisoning audit with --train; membership inference with members
+    (--members, else --train) and non-members (--non-members, else --data); model extraction when the
+    policy asks (extraction: {max_fidelity, queries}). Skipped checks say why.
 
     Exit codes: 0 passed; 1 a check failed; 2 could not run (bad arguments or policy, or a check could
     not run).
@@ -128,9 +133,6 @@ def assess_command(
                        ("--non-members", non_members), ("--pub", pub), ("--signature", signature)):
         if path is not None and not path.exists():
             raise InputError(name, f"{path}, which does not exist", "an existing path")
-    if (members is None) != (non_members is None):
-        raise InputError("--members" if members is None else "--non-members", "nothing",
-                         "both --members and --non-members, or neither")
     pol = Policy.from_file(policy) if policy is not None else Policy.demo() if demo_policy else Policy.default()
     if pol.signature == "required" and pub is None:
         raise InputError("--pub", "nothing", f"the signer's public key: the policy ({pol.source}) requires a signature")

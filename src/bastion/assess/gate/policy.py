@@ -64,9 +64,17 @@ certified_accuracy: null
 poisoning:
   max_flagged: 0.25
 
-# Membership inference (--members, --non-members): attack AUC, 0.5 = no leak.
+# Membership inference: AUC of the strongest attack telling training records (--members, or --train)
+# from records never trained on (--non-members, or --data), 0.5 = no leak. The fast and standard budgets
+# run the loss, confidence and label-only attacks; LiRA and Shokri's shadow models run at --budget thorough.
 mia_auc:
   max: 0.6
+
+# Model extraction through the prediction API: agreement (fidelity) of a copy trained from `queries`
+# answers with the model on held-out records (the attacker's pool is --non-members, or --data).
+# Off unless given (any model that returns scores can be copied well enough with enough queries), e.g.
+# extraction: {max_fidelity: 0.9, queries: 500}
+extraction: null
 """
 
 #: the README's demo policy: the plain demo CNN fails its robustness gate, an adversarially trained one passes
@@ -100,6 +108,12 @@ class CertifyRule:
 
 
 @dataclass(frozen=True)
+class ExtractionRule:
+    max_fidelity: float = 0.9
+    queries: int = 500
+
+
+@dataclass(frozen=True)
 class Policy:
     """Thresholds of every check; ``None`` turns an optional check off."""
 
@@ -110,6 +124,7 @@ class Policy:
     certified_accuracy: CertifyRule | None = None
     poisoning_max_flagged: float | None = 0.25
     mia_auc_max: float | None = 0.6
+    extraction: ExtractionRule | None = None
     source: str = "built-in defaults"
     sha256: str = ""
 
@@ -161,11 +176,12 @@ class Policy:
             "certified_accuracy": None if cert is None else dict(cert.__dict__),
             "poisoning": None if self.poisoning_max_flagged is None else {"max_flagged": self.poisoning_max_flagged},
             "mia_auc": None if self.mia_auc_max is None else {"max": self.mia_auc_max},
+            "extraction": None if self.extraction is None else dict(self.extraction.__dict__),
         }
 
 
 _TOP = ("version", "scan", "signature", "clean_accuracy", "robust_accuracy", "certified_accuracy", "poisoning",
-        "mia_auc")
+        "mia_auc", "extraction")
 
 
 def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
@@ -190,6 +206,7 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
     cert = _section(raw, "certified_accuracy", source, tuple(CertifyRule.__dataclass_fields__), False)
     poison = _section(raw, "poisoning", source, ("max_flagged",), True)
     mia = _section(raw, "mia_auc", source, ("max",), True)
+    ext = _section(raw, "extraction", source, tuple(ExtractionRule.__dataclass_fields__), False)
 
     robust: RobustRule | None = None
     if rob is not None:
@@ -208,12 +225,22 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
                               min=_fraction(cert, "min", c.min, source, "certified_accuracy"),
                               n=_count(cert, "n", c.n, source), n0=_count(cert, "n0", c.n0, source),
                               alpha=_fraction(cert, "alpha", c.alpha, source, "certified_accuracy"))
+    extraction: ExtractionRule | None = None
+    if ext is not None:
+        e = ExtractionRule()
+        queries = _count(ext, "queries", e.queries, source, "extraction")
+        if queries < 10:
+            # fewer answers than this leave the copy nothing to learn from (the audit refuses them too)
+            raise InputError("--policy", f"{source}: extraction.queries = {queries}", "a whole number >= 10")
+        extraction = ExtractionRule(max_fidelity=_fraction(ext, "max_fidelity", e.max_fidelity, source, "extraction"),
+                                    queries=queries)
     return Policy(
         scan_fail_on=fail_on, signature=signature,
         clean_accuracy_min=None if clean is None else _fraction(clean, "min", 0.9, source, "clean_accuracy"),
         robust_accuracy=robust, certified_accuracy=certify,
         poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.25, source, "poisoning"),
         mia_auc_max=None if mia is None else _fraction(mia, "max", 0.6, source, "mia_auc"),
+        extraction=extraction,
         source=source, sha256=digest)
 
 
@@ -250,10 +277,10 @@ def _fraction(sec: dict[str, Any], key: str, default: float, source: str, name: 
     return value
 
 
-def _count(sec: dict[str, Any], key: str, default: int, source: str) -> int:
+def _count(sec: dict[str, Any], key: str, default: int, source: str, name: str = "certified_accuracy") -> int:
     value = sec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError("--policy", f"{source}: certified_accuracy.{key} = {value!r}", "a positive whole number")
+        raise InputError("--policy", f"{source}: {name}.{key} = {value!r}", "a positive whole number")
     return value
 
 

@@ -7,8 +7,10 @@
 What applies is decided from what was given and what the model's adapter offers: the file scan always;
 the signature when a key is given (or the policy requires one); accuracy and robustness with test data
 (white-box attacks when the model has gradients, black-box otherwise); certification when the policy
-asks; the poisoning audit with training data. The model is loaded only after its file scan passed:
-loading a file that carries code would run it.
+asks; the poisoning audit with training data; membership inference with members (``members``, else
+``train``) and non-members (``non_members``, else the test ``data``, which the model never trained on);
+extraction when the policy asks, from the non-members as the attacker's pool. The model is loaded only
+after its file scan passed: loading a file that carries code would run it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ _WEIGHT = {"scan": 1.0, "signature": 1.0, "load": 1.0, "clean_accuracy": 1.0, "r
            "certified_accuracy": 5.0, "poisoning": 4.0, "membership_inference": 0.5, "extraction": 0.5}
 
 NOT_IN_VERSION = "not available in this version of Bastion"
+
+#: budget -> (most members and most non-members attacked, shadow models; 0 runs the shadow-free attacks only)
+MIA_BUDGETS: dict[str, tuple[int | None, int]] = {"fast": (200, 0), "standard": (500, 0), "thorough": (None, 8)}
 
 
 @dataclass
@@ -178,13 +183,12 @@ class _Run:
                 self.skip_or_error(key, why_not)
             else:
                 self.record(key, lambda fn=fn: fn(model, data))  # type: ignore[misc]
-        if model is None:
-            self.skip_or_error("poisoning", why_not)
-        else:
-            self.record("poisoning", lambda: self.check_poisoning(model))
-        self.record("membership_inference", self.check_membership)
-        self.record("extraction", lambda: skipped("extraction", f"{NOT_IN_VERSION} (run `bastion attack` "
-                                                  "with an extraction attack by hand)"))
+        for key, mfn in (("poisoning", self.check_poisoning), ("membership_inference", self.check_membership),
+                         ("extraction", self.check_extraction)):
+            if model is None:
+                self.skip_or_error(key, why_not)
+            else:
+                self.record(key, lambda mfn=mfn: mfn(model))  # type: ignore[misc]
         self.tick("done", 0.0)
         return Assessment(self.outcomes, self.policy, self.budget, self.provenance, started,
                           time.perf_counter() - t0, self.evaluation, self.scan_findings)
@@ -428,11 +432,121 @@ class _Run:
                             details={"records": len(det.labels_), "flagged": int(det.labels_.sum()),
                                      "flagged_by_class": per_class, "detector": "Spectre", "max_fpr": det.max_fpr})
 
-    def check_membership(self) -> CheckOutcome:
+    # --- privacy: membership inference and extraction (bastion.privacy and its attacks) ------------------
+    def members_path(self) -> Path | None:
+        return self.ins.members or self.ins.train
+
+    def non_members_path(self) -> Path | None:
+        # Test data is by definition never trained on: the natural non-members when none are given.
+        return self.ins.non_members or self.ins.data
+
+    def check_membership(self, model: Any) -> CheckOutcome:
         limit = self.policy.mia_auc_max
         if limit is None:
             return skipped("membership_inference", "the policy turns it off (mia_auc: null)")
         threshold = f"AUC <= {limit:g}"
-        if self.ins.members is None or self.ins.non_members is None:
-            return skipped("membership_inference", "needs --members and --non-members", threshold)
-        return skipped("membership_inference", NOT_IN_VERSION, threshold)
+        mpath, npath = self.members_path(), self.non_members_path()
+        if mpath is None or npath is None:
+            return skipped("membership_inference", "needs training records (--members or --train) and records never "
+                           "trained on (--non-members or --data)", threshold)
+        members = self.load_labelled("members", mpath)
+        if members is None:
+            return CheckOutcome("membership_inference", ERROR, self.data_problem("members"), threshold=threshold)
+        non_members = self.load_labelled("non_members", npath)
+        if non_members is None:
+            return CheckOutcome("membership_inference", ERROR, self.data_problem("non_members"), threshold=threshold)
+        if members[0].shape[1:] != non_members[0].shape[1:]:
+            raise InputError("--non-members" if self.ins.non_members else "--data",
+                             f"inputs of shape {tuple(non_members[0].shape[1:])}",
+                             f"the members' input shape {tuple(members[0].shape[1:])}")
+        cap, shadows = MIA_BUDGETS[self.budget]
+        # Equal numbers on both sides keep the AUC's noise symmetric; a seeded draw, not the file's first
+        # records, so a file sorted by class is not attacked on one class only.
+        n = min(members[0].shape[0], non_members[0].shape[0], *(() if cap is None else (cap,)))
+        if n < 2:
+            return CheckOutcome("membership_inference", ERROR, f"could not run: {n} record(s) on one side; membership "
+                                "inference needs at least 2 members and 2 non-members", threshold=threshold)
+        rng = np.random.default_rng(self.ins.seed)
+        mi = torch.from_numpy(np.sort(rng.permutation(members[0].shape[0])[:n]))
+        ni = torch.from_numpy(np.sort(rng.permutation(non_members[0].shape[0])[:n]))
+        mem, non = (members[0][mi], members[1][mi]), (non_members[0][ni], non_members[1][ni])
+        self.tick("membership inference", 0.1, "membership_inference")
+        results = self._membership_attacks(model, mem, non, shadows)
+        worst = max(results, key=lambda r: r["auc"])
+        auc = float(worst["auc"])
+        # Standard error of the AUC of a score that carries no membership signal (Hanley & McNeil 1982):
+        # an AUC within a few of these of 0.5 is noise, not a leak.
+        se = float(np.sqrt((2 * n + 1) / (12.0 * n * n)))
+        details = {"members": n, "non_members": n, "members_from": str(mpath), "non_members_from": str(npath),
+                   "shadow_models": shadows, "null_auc_standard_error": se, "strongest": worst["attack"],
+                   "attacks": [{k: r[k] for k in ("attack", "auc", "advantage", "tpr_at_fpr", "queries") if k in r}
+                               for r in results],
+                   "roc": {r["attack"]: r.get("roc_curve", {}) for r in results}}
+        which = ", ".join(r["attack"] for r in results)
+        scope = "" if shadows else " (no shadow models at this budget: LiRA runs at --budget thorough)"
+        text = f"AUC {auc:.3f}"
+        what = (f"strongest attack {worst['attack']}: AUC {auc:.3f} on {n} members vs {n} non-members "
+                f"(±{se:.3f} is noise); ran {which}{scope}")
+        verdict = PASS if auc <= limit else FAIL
+        return CheckOutcome("membership_inference", verdict, what, figure=auc, figure_text=text, threshold=threshold,
+                            details=details)
+
+    def _membership_attacks(self, model: Any, members: tuple[torch.Tensor, torch.Tensor],
+                            non_members: tuple[torch.Tensor, torch.Tensor], shadows: int) -> list[dict[str, Any]]:
+        from bastion.core.adapters import Capability
+
+        if shadows:
+            from bastion.privacy import audit
+
+            rep = audit(model, members, non_members, attacks=["mia"], shadows=shadows, seed=self.ins.seed,
+                        progress=lambda msg: self.tick(msg, 0.3, "membership_inference"))
+            return list(rep.sections["mia"]["results"])
+        from bastion.attacks.inference import ConfidenceThreshold, LabelOnlyAttack, LossThreshold
+
+        attacks: list[Any] = [LossThreshold(), ConfidenceThreshold()] \
+            if Capability.SCORES in model.capabilities else []
+        attacks.append(LabelOnlyAttack(seed=self.ins.seed))
+        return [a.run(model, members, non_members).to_dict() for a in attacks]
+
+    def check_extraction(self, model: Any) -> CheckOutcome:
+        rule = self.policy.extraction
+        if rule is None:
+            return skipped("extraction", "not asked for by the policy (extraction: null)")
+        threshold = f"fidelity <= {rule.max_fidelity:g} after {rule.queries} queries"
+        npath = self.non_members_path()
+        if npath is None:
+            return skipped("extraction", "needs records for the attacker to query with (--non-members or --data)",
+                           threshold)
+        pool = self.load_labelled("non_members", npath)
+        if pool is None:
+            return CheckOutcome("extraction", ERROR, self.data_problem("non_members"), threshold=threshold)
+        if pool[0].shape[0] < 4:
+            return CheckOutcome("extraction", ERROR, f"could not run: {npath} holds {pool[0].shape[0]} records; "
+                                "extraction needs at least 4 (half to query, half to measure the copy)",
+                                threshold=threshold)
+        from bastion.privacy import audit
+
+        self.tick("model extraction", 0.1, "extraction")
+        # The audit's members are unused by extraction; the pool stands in to satisfy its input checks.
+        rep = audit(model, pool, pool, attacks=["extraction"], budget=rule.queries, seed=self.ins.seed,
+                    progress=lambda msg: self.tick(msg, 0.3, "extraction"))
+        if "extraction" not in rep.sections:
+            return CheckOutcome("extraction", ERROR, f"could not run: {rep.skipped.get('extraction', 'no copy made')}",
+                                threshold=threshold)
+        fid = rep.max_extraction_fidelity()
+        section = rep.sections["extraction"]
+        if fid is None:
+            return CheckOutcome("extraction", ERROR, "could not run: no copy could be measured", threshold=threshold,
+                                details=section)
+        best = max(section["results"], key=lambda r: r.get("fidelity") or 0.0)
+        transfer = section.get("transfer", {})
+        tr = ""
+        if "success_on_victim" in transfer:
+            tr = (f"; adversarial examples crafted on the copy (linf {transfer['epsilon']:g}) fool the model on "
+                  f"{pct(float(transfer['success_on_victim']))}")
+        details = {"queries": rule.queries, "pool": str(npath), "attacks": section["results"], "transfer": transfer,
+                   "skipped": rep.skipped, "note": section.get("note", "")}
+        verdict = PASS if fid <= rule.max_fidelity else FAIL
+        return CheckOutcome("extraction", verdict, f"{best.get('attack', 'the best copy')} agrees with the model on "
+                            f"{pct(fid)} of held-out records after {rule.queries} queries{tr}", figure=fid,
+                            figure_text=f"fidelity {pct(fid)}", threshold=threshold, details=details)
