@@ -204,3 +204,74 @@ def check_command(
         for inc in incidents:
             typer.echo(f"incident {inc[:12]} raised (bastion incident show {inc[:12]})")
     raise typer.Exit(EXIT_FAILED if drifted else EXIT_OK)
+
+
+@monitor_app.command("status")
+@handle_errors
+def status_command(
+    url: str | None = typer.Option(None, "--url", help="A running gateway (e.g. http://127.0.0.1:8080): ask it "
+                                   "for its live monitors, serving state and fallbacks (GET /monitor/status)."),
+    key_env: str = typer.Option("BASTION_API_KEY", "--key-env", help="Variable holding an API key with the "
+                                "read-audit scope, for --url."),
+    db: str | None = typer.Option(None, "--db", help="Or read the shared database the gateways write to: serving "
+                                  "state, throttles, monitor windows, incidents (default: $BASTION_REGISTRY_DB or "
+                                  "sqlite:///bastion-registry/registry.db)."),
+    model: str | None = typer.Option(None, "--model", help="Model name, with --db (default: every model)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
+) -> None:
+    """What the live monitors and the playbooks are doing: serving mode, throttles, windows, incidents."""
+    doc = _status_from_url(url, key_env) if url else _status_from_db(db, model)
+    if json_out:
+        print_json(doc)
+        return
+    serving = doc.get("serving") or {}
+    typer.echo(f"model {doc.get('model') or 'all'}" + (f" version {doc['version']}" if doc.get("version") else "")
+               + f": {serving.get('mode', 'normal')}"
+               + (f" -> {serving['route_to']}" if serving.get("route_to") else "")
+               + (f" (incident {str(serving['incident'])[:12]})" if serving.get("incident") else ""))
+    for key, rate in (doc.get("throttled_keys") or serving.get("throttled_keys") or {}).items():
+        typer.echo(f"throttled key {key}: {rate:g} requests/s")
+    if "windows" in doc:
+        w = doc["windows"]
+        typer.echo(f"windows checked: {w['global']} global ({w['global_alarms']} alarmed), {w['keys']} per key "
+                   f"({w['key_alarms']} alarmed)")
+    last = doc.get("last_global")
+    if last:
+        typer.echo("last global window: " + ", ".join(f"{m} p={p:.2g}" for m, p in last["p_values"].items()))
+    for inc in doc.get("incidents", [])[:10]:
+        typer.echo(f"incident {inc['id'][:12]}\t{inc['status']}\t{inc['severity']}\t{inc['title']}")
+
+
+def _status_from_url(url: str, key_env: str) -> dict[str, Any]:
+    import os
+
+    import httpx
+
+    if not url.startswith(("http://", "https://")):
+        raise InputError("--url", url, "the gateway's http:// or https:// address")
+    key = os.environ.get(key_env)
+    if not key:
+        raise InputError("--key-env", key_env, "the name of a set variable holding a key with the read-audit scope")
+    try:
+        resp = httpx.get(url.rstrip("/") + "/monitor/status", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise InputError("--url", url, f"a reachable Bastion gateway ({type(exc).__name__}: {exc})") from None
+    if resp.status_code != 200:
+        raise InputError("--url", f"{url} answered HTTP {resp.status_code}: {resp.text[:200]}",
+                         "200 from /monitor/status (a key with the read-audit scope)")
+    return dict(resp.json())
+
+
+def _status_from_db(db: str | None, model: str | None) -> dict[str, Any]:
+    from bastion.cli.registry_cmd import db_url
+    from bastion.respond import ResponseState
+
+    state = ResponseState(db_url(db))
+    serving = state.serving(model) if model else None
+    incidents = state.incidents()
+    if model:
+        incidents = [i for i in incidents if i["model"] == model]
+    last = state.windows(model, "global", 1)
+    return {"model": model, "serving": serving or {"mode": "normal"}, "all_models": state.serving_all(),
+            "throttled_keys": state.throttles(), "windows": state.window_counts(model),
+            "last_global": last[-1] if last else None, "incidents": incidents[::-1][:50]}

@@ -28,6 +28,7 @@ from bastion.guard.audit import AuditLog
 from bastion.guard.config import GuardConfig
 from bastion.guard.detectors import Detector, to_probs
 from bastion.guard.keys import Authenticator, KeyInfo, KeyStore
+from bastion.guard.live import Live
 from bastion.guard.ratelimit import Limit, RateLimiter
 from bastion.guard.schemas import ERRORS, InferRequest, InferResponse, ModelMetadata
 from bastion.guard.spec import InputSpec, RequestRejected
@@ -47,6 +48,7 @@ class Gateway:
     model_version: str
     detectors: list[Detector] = field(default_factory=list)
     auth: Authenticator | None = None
+    live: Live | None = None  # monitors, playbooks, serving state, registry following (see .live)
 
     def __post_init__(self) -> None:
         if self.auth is None:
@@ -101,10 +103,14 @@ def create_app(gw: Gateway) -> FastAPI:
     """The FastAPI app serving ``gw`` (KServe v2 endpoints, /metrics, OpenAPI at /openapi.json)."""
     metrics = _Metrics()
     gw.audit.start()
+    if gw.live is not None:
+        gw.live.start()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if gw.live is not None:
+            gw.live.stop()
         gw.audit.stop()
 
     app = FastAPI(title="Bastion guarded inference gateway", version="2", lifespan=lifespan,
@@ -118,7 +124,7 @@ def create_app(gw: Gateway) -> FastAPI:
         entry = {"request_id": getattr(st, "request_id", None) or uuid.uuid4().hex,
                  "key_id": getattr(st, "key_id", None),
                  "client": request.client.host if request.client else "",
-                 "model_name": gw.model_name, "model_version": gw.model_version,
+                 "model_name": gw.model_name, "model_version": getattr(st, "model_version", None) or gw.model_version,
                  "input_sha256": getattr(st, "digest", None), "input_data": getattr(st, "input_data", None),
                  "output": None if output is None else json.dumps(output, separators=(",", ":")),
                  "decision": decision, "status": status, "reason": reason,
@@ -204,10 +210,35 @@ def create_app(gw: Gateway) -> FastAPI:
                     key: KeyInfo = Depends(require("infer"))) -> JSONResponse:
         request.state.request_id = body.id or uuid.uuid4().hex
         _check_name(name)
+        # One read of everything that can change under us (a promotion swaps the model, a playbook routes or
+        # takes it offline): this request is answered by one consistent set.
+        model, detectors, version, live = gw.model, gw.detectors, gw.model_version, gw.live
+        throttle = None
+        if live is not None:
+            view = live.view
+            if view.mode == "offline":
+                raise RequestRejected(503, "model offline", "model_name", name,
+                                      "a model that is in service (taken offline by a response playbook)",
+                                      reason=f"offline:{view.incident or ''}",
+                                      headers={"Retry-After": str(view.retry_after)})
+            if view.mode == "routed":
+                slot = live.fallbacks.get(view.route_to or "")
+                if slot is None:  # never answer from the model a playbook took out of service
+                    raise RequestRejected(503, "fallback model not loaded yet", "model_name", name,
+                                          f"the fallback {view.route_to} (loading or refused: see /monitor/status)",
+                                          reason="fallback-unavailable", headers={"Retry-After": "1"})
+                model, detectors, version = slot.model, slot.detectors, slot.version
+            throttle = view.throttles.get(key.key_id)
+        request.state.model_version = version
         cost = body.inputs[0].shape[0] if body.inputs and body.inputs[0].shape else 1
         limit = Limit(key.rate if key.rate is not None else gw.config.rate,
                       key.burst if key.burst is not None else gw.config.burst,
                       key.daily_budget if key.daily_budget is not None else gw.config.daily_budget)
+        if throttle is not None:
+            # a playbook's throttle only ever lowers the key's own limit
+            limit = Limit(throttle if limit.rate is None else min(limit.rate, throttle),
+                          max(1, int(throttle)) if limit.burst is None else min(limit.burst, max(1, int(throttle))),
+                          limit.daily_budget)
         verdict = gw.limiter.check(key.key_id, limit, max(1, min(int(cost), gw.spec.max_batch)))
         if not verdict.allowed:
             raise RequestRejected(429, "too many requests", "key", key.key_id,
@@ -220,17 +251,22 @@ def create_app(gw: Gateway) -> FastAPI:
             request.state.input_data = json.dumps(arr.tolist())
         x = torch.from_numpy(arr)
         with torch.no_grad():
-            scores = gw.model.scores(x).float()
+            scores = model.scores(x).float()
         probs = to_probs(scores)
         fired: list[Detector] = []
         all_scores: dict[str, float] = {}
-        for det in gw.detectors:
-            s = det.score(gw.model, x, probs, key.key_id)
+        for det in detectors:
+            s = det.score(model, x, probs, key.key_id)
             all_scores[det.kind] = round(float(np.max(s)), 6)
             if det.fires(s):
                 fired.append(det)
                 metrics.detections.labels(det.kind, det.action).inc()
+                if live is not None:
+                    live.detector_fired(det.kind, key.key_id)
         request.state.scores = all_scores
+        if live is not None and model is gw.model:
+            # windows hold what the primary model answered: that is what its baseline describes
+            live.observe(key.key_id, arr, probs)
         rejecting = [d for d in fired if d.action == "reject"]
         if rejecting:
             raise RequestRejected(403, "input rejected by a detector", reason=f"detector:{rejecting[0].kind}")
@@ -248,7 +284,7 @@ def create_app(gw: Gateway) -> FastAPI:
         except Exception:
             return JSONResponse({"error": "audit log unavailable"}, status_code=503)
         metrics.latency.observe(time.perf_counter() - request.state.t0)
-        resp = {"model_name": gw.model_name, "model_version": gw.model_version, "id": request.state.request_id,
+        resp = {"model_name": gw.model_name, "model_version": version, "id": request.state.request_id,
                 "outputs": [{"name": "probabilities", "shape": list(shown.shape), "datatype": "FP32", "data": data},
                             {"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
                 "parameters": {"audit_seq": seq, "decision": decision, "flags": flags,
@@ -257,7 +293,27 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.get("/metrics", tags=["health"])
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(metrics.registry)
+        if gw.live is not None:
+            body += generate_latest(gw.live.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/monitor/status", responses=ERRORS, tags=["monitor"])
+    async def monitor_status(_key: KeyInfo = Depends(require("read-audit"))) -> dict[str, Any]:
+        """This worker's live monitors, serving state, fallbacks and the incidents it raised."""
+        if gw.live is None:
+            return {"model": gw.model_name, "version": gw.model_version, "serving": {"mode": "normal"},
+                    "monitor": None, "playbooks": []}
+        return gw.live.status()
+
+    @app.get("/ui", tags=["monitor"], include_in_schema=False)
+    async def status_page() -> Response:
+        from bastion.guard.ui import render
+
+        return Response(render(gw), media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                                            "img-src data:; base-uri 'none'; form-action 'none'",
+                                 "Cache-Control": "no-store"})
 
     @app.get("/audit/records", responses=ERRORS, tags=["audit"])
     async def audit_records(since: str | None = None, limit: int = 100,
@@ -291,5 +347,6 @@ def create_app(gw: Gateway) -> FastAPI:
 
 def _decision(exc: RequestRejected) -> str:
     return {400: "invalid", 401: "unauthenticated", 403: "reject" if (exc.reason or "").startswith("detector")
-            else "forbidden", 404: "unknown-model", 413: "invalid", 422: "invalid", 429: "throttled"}.get(
+            else "forbidden", 404: "unknown-model", 413: "invalid", 422: "invalid", 429: "throttled",
+            503: "offline" if (exc.reason or "").startswith("offline") else "unavailable"}.get(
                 exc.status, "error")

@@ -17,6 +17,18 @@ Example::
       - {kind: mahalanobis, fpr: 0.01, action: flag}
       - {kind: squeeze, fpr: 0.01, action: reject}
       - {kind: prada, threshold: 0.9, min_queries: 100, action: flag}
+    monitor:                 # live windows of traffic tested against a baseline fitted on --reference
+      window: 50             # requests per window (per key and global)
+      alpha: 0.001           # false-alarm rate per window, all monitors together
+      monitors: [predictions, confidence, boundary]   # any of inputs, outputs, predictions, confidence, boundary
+      per_key: true          # also a window per API key (what per_key playbooks act on)
+    playbooks:               # monitor or detector firings -> actions (see bastion.respond.playbook)
+      - name: evasion-from-one-key
+        when: {source: boundary, per_key: true, count: 1}
+        severity: high
+        actions: [alert, revoke, {route-to: "digits@staging"}]
+    alerts: {url: "https://xsoar.example/incident", format: xsoar, secret_env: BASTION_WEBHOOK_SECRET}
+    poll_s: 1.0              # how often each worker re-reads serving state, throttles and registry stages
 """
 
 from __future__ import annotations
@@ -28,7 +40,76 @@ from typing import Any
 from bastion.errors import InputError
 
 _TOP = {"audit_sync", "model_name", "input_shape", "max_batch", "max_body_bytes", "store_inputs", "checkpoint", "defaults",
-        "detectors", "fpr"}
+        "detectors", "fpr", "monitor", "playbooks", "alerts", "poll_s"}
+_MONITOR_KEYS = {"window", "alpha", "monitors", "per_key", "global", "baseline", "n_permutations"}
+_ALERT_KEYS = {"url", "format", "secret_env", "retries", "backoff", "timeout"}
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Live monitoring: tumbling windows of ``window`` examples, globally and per API key."""
+
+    window: int = 50
+    alpha: float = 0.001
+    monitors: tuple[str, ...] = ("predictions", "confidence", "boundary")
+    per_key: bool = True
+    global_window: bool = True
+    baseline: str | None = None  # a `bastion monitor fit` file; default: fitted on --reference
+    n_permutations: int = 100
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> MonitorSettings:
+        from bastion.monitor.baseline import MONITORS
+
+        if raw is True:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise InputError("monitor", repr(raw), "a mapping such as {window: 50, alpha: 0.001}")
+        unknown = sorted(set(raw) - _MONITOR_KEYS)
+        if unknown:
+            raise InputError("monitor", ", ".join(unknown), f"known keys: {', '.join(sorted(_MONITOR_KEYS))}")
+        mons = raw.get("monitors", cls.monitors)
+        if isinstance(mons, str) or not isinstance(mons, list | tuple) or not mons or set(mons) - set(MONITORS):
+            raise InputError("monitor.monitors", repr(mons), f"a non-empty list among {', '.join(MONITORS)}")
+        try:
+            out = cls(window=int(raw.get("window", 50)), alpha=float(raw.get("alpha", 0.001)), monitors=tuple(mons),
+                      per_key=bool(raw.get("per_key", True)), global_window=bool(raw.get("global", True)),
+                      baseline=str(raw["baseline"]) if raw.get("baseline") else None,
+                      n_permutations=int(raw.get("n_permutations", 100)))
+        except (TypeError, ValueError) as exc:
+            raise InputError("monitor", repr(raw), f"numbers for window, alpha, n_permutations ({exc})") from None
+        if out.window < 20:
+            raise InputError("monitor.window", out.window, "at least 20 examples per window")
+        if not 0.0 < out.alpha < 0.5:
+            raise InputError("monitor.alpha", out.alpha, "a false-alarm rate in (0, 0.5), e.g. 0.001")
+        if not (out.per_key or out.global_window):
+            raise InputError("monitor", "per_key: false and global: false", "at least one kind of window")
+        return out
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    url: str
+    format: str = "xsoar"
+    secret_env: str | None = None
+    retries: int = 5
+    backoff: float = 0.5
+    timeout: float = 5.0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> AlertSettings:
+        if not isinstance(raw, dict) or "url" not in raw:
+            raise InputError("alerts", repr(raw), "a mapping with url (and format: xsoar|generic, secret_env)")
+        unknown = sorted(set(raw) - _ALERT_KEYS)
+        if unknown:
+            raise InputError("alerts", ", ".join(unknown), f"known keys: {', '.join(sorted(_ALERT_KEYS))}")
+        url, fmt = str(raw["url"]), str(raw.get("format", "xsoar"))
+        if not url.startswith(("http://", "https://")):
+            raise InputError("alerts.url", url, "an http:// or https:// URL")
+        if fmt not in ("xsoar", "generic"):
+            raise InputError("alerts.format", fmt, "xsoar or generic")
+        return cls(url, fmt, raw.get("secret_env"), int(raw.get("retries", 5)), float(raw.get("backoff", 0.5)),
+                   float(raw.get("timeout", 5.0)))
 
 
 @dataclass
@@ -46,6 +127,10 @@ class GuardConfig:
     daily_budget: int | None = None
     output_policy: dict[str, Any] = field(default_factory=lambda: {"kind": "full"})
     detectors: list[dict[str, Any]] = field(default_factory=list)
+    monitor: MonitorSettings | None = None
+    playbooks: list[Any] = field(default_factory=list)  # bastion.respond.Playbook
+    alerts: AlertSettings | None = None
+    poll_s: float = 1.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GuardConfig:
@@ -70,7 +155,16 @@ class GuardConfig:
             daily_budget=defaults.get("daily_budget"),
             output_policy=dict(defaults.get("output_policy") or {"kind": "full"}),
             detectors=[dict(d) for d in raw.get("detectors") or []],
+            monitor=MonitorSettings.from_dict(raw["monitor"]) if raw.get("monitor") else None,
+            alerts=AlertSettings.from_dict(raw["alerts"]) if raw.get("alerts") else None,
+            poll_s=float(raw.get("poll_s", 1.0)),
         )
+        if raw.get("playbooks"):
+            from bastion.respond.playbook import parse_playbooks
+
+            cfg.playbooks = parse_playbooks(raw["playbooks"], "config: playbooks")
+        if not 0.01 <= cfg.poll_s <= 3600:
+            raise InputError("poll_s", cfg.poll_s, "seconds between state polls, 0.01 to 3600")
         if cfg.audit_sync not in ("full", "normal"):
             raise InputError("audit_sync", cfg.audit_sync, "full (survives power loss) or normal (survives kill -9)")
         if cfg.max_batch < 1:

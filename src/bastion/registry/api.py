@@ -81,6 +81,9 @@ class Registry:
         if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:///:memory:"):
             Path(db_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(db_url)
+        # Writers take SQLite's write lock at BEGIN (bastion.database): a deferred transaction that read first
+        # fails at once with "database is locked" when another connection wrote meanwhile (WAL snapshots).
+        self.writer = self.engine.execution_options(write=True)
         self.store = BlobStore(store)
 
     # -- push -------------------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class Registry:
             if bad:
                 reasons.append(f"scan: {len(bad)} finding(s) at or above {pol.scan_fail_on}, first: "
                                f"{bad[0].location}: {bad[0].message}")
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             if reasons:
                 append_event(s, "push-refused", name, version, {"reasons": reasons})
             else:
@@ -208,7 +211,7 @@ class Registry:
         pol = policy or GatePolicy()
         if to not in ("staging", "production"):
             raise InputError("--to", to, "'staging' or 'production'")
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             row = self._row(s, name, version)
             reasons = judge(pol.stages.get(to, {}), dict(row.evidence))
             if reasons:
@@ -226,7 +229,7 @@ class Registry:
 
     def rollback(self, name: str) -> VersionInfo:
         """Move production back to the version that was in production before the current one."""
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             current = s.scalars(select(VersionRow).where(VersionRow.name == name,
                                                          VersionRow.stage == "production")).first()
             if current is None:

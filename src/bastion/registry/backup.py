@@ -165,7 +165,7 @@ def restore(reg: Registry, source: str | Path, key_file: str | Path, public_key:
             p = Path(tmp) / d
             p.write_bytes(data)
             reg.store.put(p)
-    with Session(reg.engine) as s, s.begin():
+    with Session(reg.writer) as s, s.begin():
         for v in index["versions"]:
             s.add(VersionRow(name=v["name"], version=v["version"], stage=v["stage"],
                              created_at=dt.datetime.fromisoformat(v["created_at"]), files=v["files"],

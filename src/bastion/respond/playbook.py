@@ -10,7 +10,7 @@
         severity: critical
         actions: [alert, {throttle: 1.0}, revoke]
 
-``source`` names a monitor (inputs, outputs, predictions, confidence, boundary) or a detector (e.g. prada,
+``source`` (one name, or a list: any of them) names a monitor (inputs, outputs, predictions, confidence, boundary) or a detector (e.g. prada,
 ood, squeeze); ``per_key`` counts each API key apart (the actions then target that key); ``count`` events
 within ``within_s`` seconds trigger the playbook once, and it re-arms after ``cooldown_s``.
 """
@@ -40,7 +40,7 @@ class Action:
 @dataclass(frozen=True)
 class Playbook:
     name: str
-    source: str
+    source: str | tuple[str, ...]
     actions: tuple[Action, ...]
     severity: str = "high"
     per_key: bool = False
@@ -119,7 +119,14 @@ def parse_playbooks(raw: Any, source: str = "playbooks") -> list[Playbook]:
         if not per_key and any(a.kind in ("throttle", "revoke") for a in acts):
             raise InputError(f"{where}.actions", [a.kind for a in acts],
                              "throttle and revoke only in a per_key playbook (they act on the offending key)")
-        books.append(Playbook(name, str(when["source"]), acts, severity, per_key, count, within, cooldown))
+        src = when["source"]
+        if isinstance(src, list):
+            if not src or not all(isinstance(x, str) and x for x in src):
+                raise InputError(f"{where}.when.source", repr(src), "a monitor or detector name, or a list of them")
+            watched: str | tuple[str, ...] = tuple(src)
+        else:
+            watched = str(src)
+        books.append(Playbook(name, watched, acts, severity, per_key, count, within, cooldown))
     return books
 
 
@@ -143,7 +150,8 @@ class Matcher:
     def observe(self, event: Event) -> list[Playbook]:
         fired = []
         for book in self.playbooks:
-            if book.source != event.source or (book.per_key and event.key is None):
+            sources = (book.source,) if isinstance(book.source, str) else book.source
+            if event.source not in sources or (book.per_key and event.key is None):
                 continue
             slot = (book.name, event.key if book.per_key else None)
             times = self._seen.setdefault(slot, deque())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Float, Integer, String, select
+from sqlalchemy import JSON, Boolean, Float, Integer, String, delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -62,6 +62,21 @@ class ThrottleRow(Base):
     since: Mapped[str] = mapped_column(String(40))
 
 
+class MonitorWindowRow(Base):
+    """One live monitor window a gateway worker checked: what the status page and `monitor status` show."""
+
+    __tablename__ = "bastion_monitor_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[str] = mapped_column(String(40), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(220))  # "global" or "key:<key id>"
+    drift: Mapped[bool] = mapped_column(Boolean)
+    fired: Mapped[list[str]] = mapped_column(JSON)
+    p_values: Mapped[dict[str, float]] = mapped_column(JSON)
+    n: Mapped[int] = mapped_column(Integer)
+
+
 _Row = TypeVar("_Row", ServingStateRow, ThrottleRow)
 
 
@@ -75,6 +90,9 @@ class ResponseState:
     def __init__(self, engine_or_url: Engine | str) -> None:
         self.engine = database.make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
         Base.metadata.create_all(self.engine)
+        # Writers take SQLite's write lock at BEGIN (bastion.database): a deferred transaction that read first
+        # fails at once with "database is locked" when another connection wrote meanwhile (WAL snapshots).
+        self.writer = self.engine.execution_options(write=True)
 
     # -- serving state, read by the gateway on each request (through a short cache) ---------------------
     def serving(self, model: str) -> dict[str, Any] | None:
@@ -97,6 +115,11 @@ class ResponseState:
             row = s.get(ThrottleRow, key)
             return None if row is None else row.rate
 
+    def throttles(self) -> dict[str, float]:
+        """Every throttled key and its rate (one small query; the gateway's poller reads it)."""
+        with Session(self.engine) as s:
+            return {r.key: r.rate for r in s.scalars(select(ThrottleRow))}
+
     def set_throttle(self, key: str, rate: float, incident: str) -> None:
         self._put(ThrottleRow(key=key, rate=rate, incident=incident, since=now()))
 
@@ -105,24 +128,72 @@ class ResponseState:
 
     def _put(self, row: ServingStateRow | ThrottleRow) -> None:
         """Insert, or replace the row with the same primary key (one model's state, one key's throttle)."""
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             s.merge(row)
 
     def _clear(self, table: type[_Row], key: str, incident: str) -> bool:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             row = s.get(table, key)
             if row is None or row.incident != incident:
                 return False
             s.delete(row)
             return True
 
+    # -- live monitor windows ---------------------------------------------------------------------------
+    def add_windows(self, rows: list[dict[str, Any]], keep: int = 5000) -> None:
+        """Record checked windows (``time, model, scope, drift, fired, p_values, n``); keep the newest ``keep``."""
+        if not rows:
+            return
+        with Session(self.writer) as s, s.begin():
+            s.add_all([MonitorWindowRow(**r) for r in rows])
+            s.flush()
+            newest = s.scalars(select(MonitorWindowRow.id).order_by(MonitorWindowRow.id.desc()).offset(keep)
+                               .limit(1)).first()
+            if newest is not None:
+                s.execute(delete(MonitorWindowRow).where(MonitorWindowRow.id <= newest))
+
+    def windows(self, model: str | None = None, scope: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` windows, oldest first; ``scope`` "global", "key:<id>" or "keys" (every key)."""
+        with Session(self.engine) as s:
+            q = select(MonitorWindowRow).order_by(MonitorWindowRow.id.desc()).limit(limit)
+            if model is not None:
+                q = q.where(MonitorWindowRow.model == model)
+            if scope == "keys":
+                q = q.where(MonitorWindowRow.scope.startswith("key:"))
+            elif scope is not None:
+                q = q.where(MonitorWindowRow.scope == scope)
+            rows = [{"id": r.id, "time": r.time, "model": r.model, "scope": r.scope, "drift": r.drift,
+                     "fired": r.fired, "p_values": r.p_values, "n": r.n} for r in s.scalars(q)]
+        return rows[::-1]
+
+    def window_counts(self, model: str | None = None) -> dict[str, int]:
+        """How many windows were checked (global, per key) and how many alarmed, over what is kept."""
+        from sqlalchemy import func
+
+        with Session(self.engine) as s:
+            q = select(MonitorWindowRow.scope.startswith("key:"), MonitorWindowRow.drift, func.count()) \
+                .group_by(MonitorWindowRow.scope.startswith("key:"), MonitorWindowRow.drift)
+            if model is not None:
+                q = q.where(MonitorWindowRow.model == model)
+            out = {"global": 0, "keys": 0, "global_alarms": 0, "key_alarms": 0}
+            for is_key, drift, n in s.execute(q):
+                out["keys" if is_key else "global"] += n
+                if drift:
+                    out["key_alarms" if is_key else "global_alarms"] += n
+            return out
+
+    def serving_all(self) -> dict[str, dict[str, Any]]:
+        with Session(self.engine) as s:
+            return {r.model: {"mode": r.mode, "route_to": r.route_to, "retry_after": r.retry_after,
+                              "incident": r.incident, "since": r.since} for r in s.scalars(select(ServingStateRow))}
+
     # -- incidents ------------------------------------------------------------------------------------
     def add_incident(self, row: IncidentRow) -> None:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             s.add(row)
 
     def update_actions(self, incident: str, actions: list[dict[str, Any]]) -> None:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             row = s.get(IncidentRow, incident)
             if row is not None:
                 row.actions = list(actions)
@@ -145,7 +216,7 @@ class ResponseState:
             return _as_dict(row)
 
     def mark_resolved(self, incident: str, note: str, actions: list[dict[str, Any]]) -> None:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             row = s.get(IncidentRow, incident)
             assert row is not None
             row.status, row.resolved, row.resolution, row.actions = "resolved", now(), note, list(actions)
