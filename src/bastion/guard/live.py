@@ -173,8 +173,14 @@ class Live:
             if state is None:
                 raise InputError("playbooks", "no response database", "--registry-db (incidents and serving state)")
             reg_name = follow[0] if follow else gw.model_name
+            from bastion.guard.keys import KeyStore
+
+            # The revocation takes SQLite's write lock at BEGIN (bastion.database): as a deferred transaction it
+            # reads the key's row first and then fails with "database is locked" whenever the audit log wrote
+            # in between, which under attack traffic is most of the time.
+            keys = KeyStore(gw.keys.engine.execution_options(write=True), gw.keys.redis)
             self.responder = Responder(playbooks, state, send_alert=sender.send if sender else None,
-                                       revoke_key=lambda k: gw.keys.revoke(k),  # type: ignore[arg-type]
+                                       revoke_key=keys.revoke,  # type: ignore[arg-type]
                                        rollback_model=(lambda _m: registry.rollback(reg_name)) if registry else None)
         self.window = monitor.window if monitor else 0
         self._bufs: dict[str, tuple[str | None, list[np.ndarray], list[np.ndarray], list[int]]] = {}
