@@ -201,7 +201,7 @@ class Live:
         if not self.window:
             return
         xf = x.reshape(len(x), -1)
-        p = probs.detach().numpy()
+        p = probs.numpy()  # computed under no_grad: no graph to detach from
         settings = self.settings
         assert settings is not None
         if settings.global_window:
