@@ -32,6 +32,13 @@ from bastion.cli.common import (
 )
 from bastion.errors import InputError
 
+# --backend texts, as in bastion.scale.backend (not imported here: it would load torch for every --help)
+BACKEND_HELP = ("local (this process) | ray: shard the examples (or files) over a Ray cluster, one model per "
+                "worker; needs pip install 'bastion-ml\\[ray]'.")
+ADDRESS_HELP = ("With --backend ray: auto (a running cluster), ray://HOST:PORT, or none to start one on this "
+                "machine (RAY_ADDRESS is honoured).")
+WORKERS_HELP = "With --backend ray: workers (default: one per CPU of the cluster, or per GPU where it has GPUs)."
+
 METHODS = ("smoothing", "ibp")
 DEFAULT_RADII = "0,0.25,0.5,0.75,1.0"
 #: examples per IBP batch (one progress step each)
@@ -65,6 +72,27 @@ def _run_smoothing(model: Any, x: torch.Tensor, y: torch.Tensor, radii: list[flo
             "radii": radii, "certified_accuracy": acc, "abstained": int(result.abstained.sum()),
             "seconds": result.seconds, "per_example": {"prediction": result.prediction.tolist(),
                                                        "radius": result.radius.tolist()}}
+
+
+def _run_smoothing_sharded(path: Path, x: torch.Tensor, y: torch.Tensor, radii: list[float], *, sigma: float,
+                           n0: int, n: int, alpha: float, batch_size: int, precision: str, seed: int,
+                           show_progress: bool, load: dict[str, Any], address: str | None,
+                           workers: int | None) -> dict[str, Any]:
+    """Randomized smoothing on a Ray cluster: each example's noise is seeded by (seed, its index)."""
+    from bastion.scale import ModelSpec, certify_sharded, open_backend
+
+    spec = ModelSpec.from_path(path, **load)
+    with progress_bar(show_progress) as bar, open_backend("ray", address=address, workers=workers) as cluster:
+        task = bar.add_task(f"smoothing (n={n}) on {cluster.workers} Ray worker(s)", total=x.shape[0])
+        result = certify_sharded(cluster, spec, x, sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                 precision=precision, seed=seed,
+                                 progress=lambda done, _total: bar.update(task, completed=done))
+        sharding = cluster.describe()
+    acc = result.certified_accuracy(y, radii)
+    return {"method": "smoothing", "norm": "l2", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
+            "radii": radii, "certified_accuracy": acc, "abstained": int(result.abstained.sum()),
+            "seconds": result.seconds, "sharding": {**sharding, "seeds": "per example: (seed, index)"},
+            "per_example": {"prediction": result.prediction.tolist(), "radius": result.radius.tolist()}}
 
 
 def _estimate_smoothing(model: Any, x: torch.Tensor, *, n0: int, n: int, batch_size: int) -> float:
@@ -176,6 +204,9 @@ def certify(
     min_certified_accuracy: float | None = typer.Option(
         None, "--min-certified-accuracy", help="Exit 1 if certified accuracy is below this at any radius."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report instead of text.", metavar=""),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Certify a model: the fraction of examples provably classified right within each radius.
 
@@ -192,9 +223,14 @@ def certify(
     from bastion.assess.result import provenance
     from bastion.core.loading import load_model
     from bastion.datasets import load_data
+    from bastion.scale.backend import check_backend_args
 
     if method not in METHODS:
         raise InputError("--method", repr(method), f"one of {', '.join(METHODS)}")
+    check_backend_args(backend, address, workers)
+    if backend == "ray" and method != "smoothing":
+        raise InputError("--backend", "ray with --method ibp", "--method smoothing (IBP is one bound pass per "
+                         "example, nothing worth sharding; run it with --backend local)")
     _check_fraction(min_certified_accuracy)
     if limit is not None and limit < 1:
         raise InputError("--limit", limit, "a positive number of examples")
@@ -232,8 +268,15 @@ def certify(
     show = not json_out
     if method == "smoothing":
         _warn_if_long(_estimate_smoothing(m, x, n0=n0, n=n, batch_size=batch_size), int(x.shape[0]), n)
-        report = _run_smoothing(m, x, y, levels, sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                precision=precision, seed=seed, show_progress=show)
+        if backend == "ray":
+            report = _run_smoothing_sharded(model, x, y, levels, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                                            batch_size=batch_size, precision=precision, seed=seed, show_progress=show,
+                                            load={"factory": factory, "bounds": (lo_hi[0], lo_hi[1]),
+                                                  "trust_pickle": trust_pickle, "device": device},
+                                            address=address, workers=workers)
+        else:
+            report = _run_smoothing(m, x, y, levels, sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                    precision=precision, seed=seed, show_progress=show)
     else:
         report = _run_ibp(m, x, y, levels, bounds=(lo_hi[0], lo_hi[1]), show_progress=show)
     passed = min_certified_accuracy is None or all(a >= min_certified_accuracy for a in report["certified_accuracy"])

@@ -28,6 +28,13 @@ from bastion.cli.common import (
 from bastion.cli.paths import check_outputs
 from bastion.errors import DataLoadError, InputError
 
+# --backend texts, as in bastion.scale.backend (not imported here: it would load torch for every --help)
+BACKEND_HELP = ("local (this process) | ray: shard the examples (or files) over a Ray cluster, one model per "
+                "worker; needs pip install 'bastion-ml\\[ray]'.")
+ADDRESS_HELP = ("With --backend ray: auto (a running cluster), ray://HOST:PORT, or none to start one on this "
+                "machine (RAY_ADDRESS is honoured).")
+WORKERS_HELP = "With --backend ray: workers (default: one per CPU of the cluster, or per GPU where it has GPUs)."
+
 #: files ``--report`` writes
 REPORT_FILES = ("report.html", "report.md", "result.json")
 
@@ -112,6 +119,9 @@ def evaluate_command(
                                              "only score/decision-based attacks measured (an upper bound; a model "
                                              "without gradients or exact replica): its finding becomes a warning "
                                              "instead of failing the gate.", metavar=""),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Measure robust accuracy with an AutoAttack-grade ensemble and check for gradient masking.
 
@@ -123,6 +133,9 @@ def evaluate_command(
 
       bastion evaluate -m model.pt -d test.npz --eps 8/255 --json --min-robust-accuracy 0.4   # CI gate
 
+    --backend ray: blocks of 64 examples become Ray tasks, each seeded by (--seed, its first example),
+    so the result is the same on any number of workers.
+
     Exit codes: 0 passed (or no gate given); 1 the gate failed: robust accuracy below
     --min-robust-accuracy at some epsilon, or a HIGH gradient-masking finding makes the number
     untrustworthy (see --allow-masking); 2 could not run (bad file, bad arguments).
@@ -131,7 +144,9 @@ def evaluate_command(
     from bastion.assess.result import provenance, robustness_gate
     from bastion.core.threat import get_norm
     from bastion.core.validation import check_fits
+    from bastion.scale.backend import check_backend_args
 
+    check_backend_args(backend, address, workers)
     geometry = get_norm(norm)
     values, labels = parse_eps(eps)
     lo_hi = parse_bounds(bounds)
@@ -149,9 +164,18 @@ def evaluate_command(
         def on_progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        result = evaluate(net, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed, batch_size=batch_size,
-                          checks=checks, progress=on_progress, epsilon_labels=labels,
-                          allow_blackbox_only=allow_blackbox_only)
+        if backend == "ray":
+            from bastion.scale import ModelSpec, evaluate_sharded, open_backend
+
+            spec = ModelSpec.from_path(model, factory=factory, bounds=lo_hi, trust_pickle=trust_pickle)
+            with open_backend("ray", address=address, workers=workers) as cluster:
+                result = evaluate_sharded(cluster, spec, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed,
+                                          batch_size=batch_size, checks=checks, progress=on_progress,
+                                          epsilon_labels=labels, allow_blackbox_only=allow_blackbox_only)
+        else:
+            result = evaluate(net, x, y, norm=geometry, epsilons=values, suite=suite, seed=seed,
+                              batch_size=batch_size, checks=checks, progress=on_progress, epsilon_labels=labels,
+                              allow_blackbox_only=allow_blackbox_only)
     # A robust accuracy the masking checks call untrustworthy cannot clear a gate: it may be an artefact.
     result.gate = robustness_gate(labels, result.robust_accuracy, result.findings, min_robust_accuracy,
                                   allow_masking)

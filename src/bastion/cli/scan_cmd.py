@@ -91,6 +91,11 @@ def register(app: typer.Typer) -> None:
                                                "__pycache__ and any virtual environment are skipped anyway."),
         quiet: bool = typer.Option(False, "--quiet", "-q",
                                    help="Only findings at or above --fail-on; no summary, no progress.", metavar=""),
+        backend: str = typer.Option("local", "--backend", help="local | ray: shard the files over a Ray cluster "
+                                    "(pip install 'bastion-ml\\[ray]')."),
+        address: str | None = typer.Option(None, "--address", help="With --backend ray: auto, ray://HOST:PORT, "
+                                           "or none to start one here."),
+        workers: int | None = typer.Option(None, "--workers", help="With --backend ray: number of workers."),
     ) -> None:
         """Scan model files for code that runs on load, without loading them.
 
@@ -116,7 +121,17 @@ def register(app: typer.Typer) -> None:
         threshold = Severity.parse(fail_on, "--fail-on")
         policy = Policy.from_file(config) if config is not None else Policy.default()
         show_progress = not quiet and err_console.is_terminal
-        report = _run(paths, policy, show_progress, exclude)
+        if backend != "local" or address is not None or workers is not None:
+            from bastion.scale.backend import check_backend_args
+
+            check_backend_args(backend, address, workers)
+        if backend == "ray":
+            from bastion.scale import open_backend, scan_sharded
+
+            with open_backend("ray", address=address, workers=workers) as cluster:
+                report = scan_sharded(cluster, paths, policy, exclude)
+        else:
+            report = _run(paths, policy, show_progress, exclude)
         if output_format is OutputFormat.json:
             body = report.to_dict()
             body["fail_on"] = threshold.name.lower()

@@ -70,6 +70,13 @@ class Inputs:
     seed: int = 0
     batch_size: int | None = None
     limit: int | None = None  # use only the first N test examples
+    backend: Any = None  # a bastion.scale Backend: scan, attacks and certification sharded over it
+
+    def model_spec(self) -> Any:
+        from bastion.scale import ModelSpec
+
+        return ModelSpec.from_path(self.model, factory=self.factory, bounds=self.bounds,
+                                   trust_pickle=self.trust_pickle)
 
 
 @dataclass
@@ -244,7 +251,12 @@ class _Run:
     def check_scan(self) -> CheckOutcome:
         from bastion.scan import scan_path
 
-        report = scan_path(self.ins.model)
+        if self.ins.backend is not None:
+            from bastion.scale import scan_sharded
+
+            report = scan_sharded(self.ins.backend, [self.ins.model])
+        else:
+            report = scan_path(self.ins.model)
         threshold = f"no finding >= {self.policy.scan_fail_on.name.lower()}"
         self.scan_findings = [f.to_dict() for f in report.findings]
         details = {"files_scanned": report.files_scanned, "counts": report.to_dict()["counts"],
@@ -336,8 +348,15 @@ class _Run:
         def on_progress(what: str, done: int, total: int) -> None:
             self.tick(f"robust accuracy: {what}", done / max(total, 1), "robust_accuracy")
 
-        res = evaluate(model, x, y, norm=rule.norm, epsilons=[rule.eps], suite=suite, seed=self.ins.seed,
-                       batch_size=self.ins.batch_size, checks=masking, keep_examples=8, progress=on_progress)
+        if self.ins.backend is not None:
+            from bastion.scale import evaluate_sharded
+
+            res = evaluate_sharded(self.ins.backend, self.ins.model_spec(), x, y, norm=rule.norm, epsilons=[rule.eps],
+                                   suite=suite, seed=self.ins.seed, batch_size=self.ins.batch_size, checks=masking,
+                                   keep_examples=8, progress=on_progress)
+        else:
+            res = evaluate(model, x, y, norm=rule.norm, epsilons=[rule.eps], suite=suite, seed=self.ins.seed,
+                           batch_size=self.ins.batch_size, checks=masking, keep_examples=8, progress=on_progress)
         self.evaluation = res
         acc = res.robust_accuracy[0]
         white = Capability.GRADIENTS in model.capabilities
@@ -349,6 +368,7 @@ class _Run:
         details = {"suite": suite, "examples": res.n_examples, "clean_accuracy": res.clean_accuracy,
                    "family": "white-box" if white else "black-box", "upper_bound": upper,
                    "masking_checks": masking, "findings": [f.to_dict() for f in res.findings],
+                   "sharding": res.settings.get("sharding"),
                    "attacks": [a.name for a in res.attacks]}
         reasons = []
         if acc < rule.min:
@@ -382,11 +402,18 @@ class _Run:
         x, y = data
         x, y = x[:BUDGETS[self.budget][3]], y[:BUDGETS[self.budget][3]]
         smoothed = Smoothed(model, rule.sigma, seed=self.ins.seed)
+        def on_progress(d: int, t: int) -> None:
+            self.tick("certified accuracy", d / max(t, 1), "certified_accuracy")
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = smoothed.certify(x, n0=rule.n0, n=rule.n, alpha=rule.alpha,
-                                   progress=lambda d, t: self.tick("certified accuracy", d / max(t, 1),
-                                                                   "certified_accuracy"))
+            if self.ins.backend is not None:
+                from bastion.scale import certify_sharded
+
+                res = certify_sharded(self.ins.backend, self.ins.model_spec(), x, sigma=rule.sigma, n0=rule.n0,
+                                      n=rule.n, alpha=rule.alpha, seed=self.ins.seed, progress=on_progress)
+            else:
+                res = smoothed.certify(x, n0=rule.n0, n=rule.n, alpha=rule.alpha, progress=on_progress)
         acc = res.certified_accuracy(y, rule.radius)[0]
         notes = [str(w.message) for w in caught]
         verdict = PASS if acc >= rule.min else FAIL
