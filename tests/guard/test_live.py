@@ -67,14 +67,19 @@ def test_offline_route_and_throttle_follow_the_shared_state(make_gateway: Any, t
     assert decisions.count("offline") == 1 and decisions.count("unavailable") == 1 and "throttled" in decisions
 
 
-def test_status_page_in_headless_chromium(make_gateway: Any, tmp_path: Path, digits: bn.datasets.Dataset) -> None:
+def test_status_page_in_headless_chromium(make_gateway: Any, tmp_path: Path, digits: bn.datasets.Dataset,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
     from _browser import open_page
+    from bastion.cli.main import app as cli
 
     db = f"sqlite:///{tmp_path / 'ui.db'}"
     gw = make_gateway(db, {"monitor": {"window": 20}, "poll_s": 0.05,
                            "playbooks": [{"name": "low-confidence", "when": {"source": "confidence"},
                                           "actions": [{"offline": 60}]}]})
     key, _ = gw.keys.create("app", ["infer"])
+    ops, _ = gw.keys.create("ops", ["read-audit"])
     with TestClient(create_app(gw)) as c:
         for i in range(0, 60, 5):
             c.post("/v2/models/digits/infer", json=batch(digits.x_test[300 + i:305 + i]),
@@ -96,6 +101,11 @@ def test_status_page_in_headless_chromium(make_gateway: Any, tmp_path: Path, dig
     thread.start()
     try:
         assert _wait(lambda: server.started)
+        monkeypatch.setenv("OPS_KEY", ops)
+        res = CliRunner().invoke(cli, ["monitor", "status", "--url", f"http://127.0.0.1:{port}", "--key-env", "OPS_KEY"])
+        assert res.exit_code == 0 and "offline" in res.output, res.output
+        res = CliRunner().invoke(cli, ["monitor", "status", "--url", f"http://127.0.0.1:{port}", "--key-env", "NOPE"])
+        assert res.exit_code == 2 and "--key-env" in res.output
         page = open_page(f"http://127.0.0.1:{port}/ui")
     finally:
         server.should_exit = True
