@@ -136,7 +136,7 @@ def main() -> None:
         clean_s = time.perf_counter() - t0
         live.drain(120)
         counts = state.window_counts("digits")
-        out["clean"] = {"requests": args.clean, "keys": args.clean_keys, "seconds": clean_s, **counts,
+        out["clean"] = {"requests": args.clean, "api_keys": args.clean_keys, "seconds": clean_s, **counts,
                         "incidents": len(live.incident_ids)}
         print(f"clean: {args.clean} requests in {clean_s:.1f} s; windows {counts['global']} global "
               f"({counts['global_alarms']} alarmed), {counts['keys']} per key ({counts['key_alarms']} alarmed); "
