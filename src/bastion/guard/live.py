@@ -324,7 +324,10 @@ class Live:
             for old in [s for s in list(self.history)[:1000] if s != "global"]:
                 self.history.pop(old, None)
         if self.state is not None:
-            self.state.add_windows([row])
+            try:
+                self.state.add_windows([row])
+            except Exception:  # the status row is lost, not the response to what the window showed
+                log.exception("monitor window not recorded")
 
     def _respond(self, event: Any) -> None:
         if self.responder is None:
