@@ -131,3 +131,15 @@ def test_monitor_check_runs_playbooks_and_incident_resolve_lifts_the_route(digit
     assert state.serving("digits") is None
     res = runner.invoke(app, ["incident", "show", "zzz", "--db", db])
     assert res.exit_code == 2
+
+
+def test_a_playbook_can_watch_several_sources(state: ResponseState) -> None:
+    (book,) = parse_playbooks([{"name": "any", "when": {"source": ["boundary", "confidence"], "per_key": True},
+                                "actions": ["revoke"]}])
+    revoked: list[str] = []
+    responder = Responder([book], state, revoke_key=revoked.append, clock=Clock())
+    assert responder.fire("predictions", key="k1") == []  # not watched
+    assert len(responder.fire("confidence", key="k1")) == 1 and len(responder.fire("boundary", key="k2")) == 1
+    assert revoked == ["k1", "k2"]
+    with pytest.raises(bn.InputError, match="list of them"):
+        parse_playbooks([{"when": {"source": []}, "actions": ["alert"]}])
