@@ -100,9 +100,11 @@ def test_overfit_model_fails_a_strict_membership_gate(files: dict[str, Path], tm
     strict = 0.5 + Z * null_se(N_OVERFIT)  # 0.64 at n = 64: only a real leak clears it
     pol = policy(tmp_path, "strict.yaml", f"mia_auc: {{max: {strict:.4f}}}\n")
     code, body = run_json("--model", files["overfit"], "--members", files["om"], "--non-members", files["on"],
-                          "--policy", pol, "--budget", "fast")
+                          "--policy", pol, "--budget", "fast", "--report", tmp_path / "rep")
     mia = check(body, "membership_inference")
     assert code == 1 and mia["verdict"] == "fail", mia["reason"]
+    html = (tmp_path / "rep" / "report.html").read_text(encoding="utf-8")
+    assert 'aria-label="ROC curves"' in html and "loss threshold (Yeom)" in html
     assert mia["figure"] > strict and mia["atlas_technique"] == "AML.T0024.000"
     assert mia["details"]["members"] == N_OVERFIT and mia["nist_class"].startswith("Privacy")
     assert {a["attack"] for a in mia["details"]["attacks"]} >= {"loss threshold (Yeom)", "confidence threshold"}

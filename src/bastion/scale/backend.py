@@ -182,6 +182,11 @@ class RayBackend(Backend):
             if not self._started and key in _KEPT:
                 self._actors = _KEPT[key]
                 return self._actors
+            # one group at a time: another group's actors hold the CPUs (or GPUs) these need to be placed
+            for other in _KEPT.values():
+                for a in other:
+                    self._ray.kill(a)
+            _KEPT.clear()
             opts: dict[str, Any] = {"num_cpus": self.threads}
             if self.gpus:
                 opts["num_gpus"] = 1

@@ -64,6 +64,10 @@ clean accuracy).</p>
 {% for f in ev.findings %}<tr><td>{{ f.severity }}</td><td>{{ f.check }}</td><td>{{ f.message }}</td></tr>{% endfor %}
 </table>{% endif %}{% endif %}
 
+{% if roc %}<h2>Membership inference</h2>
+<p>ROC curves of the membership attacks (members vs non-members; the diagonal is guessing, AUC 0.5).</p>
+{{ roc | safe }}{% endif %}
+
 <h2>Scan findings</h2>
 {% if a.scan_findings %}<table><tr><th>severity</th><th>rule</th><th>where</th><th>message</th></tr>
 {% for f in a.scan_findings %}<tr><td>{{ f.severity }}</td><td>{{ f.rule_id }}</td><td>{{ f.path }} {{ f.location }}</td>
@@ -100,9 +104,17 @@ def render_html(a: Assessment) -> str:
     svg = ""
     if ev is not None:
         svg = robustness_curve_svg(ev.epsilons, ev.robust_accuracy, ev.clean_accuracy, ev.norm)
+    roc = ""
+    mia = next((o for o in a.outcomes if o.id == "membership_inference" and o.verdict != SKIP), None)
+    if mia is not None and mia.details.get("roc"):
+        from bastion.privacy.report import roc_svg
+
+        curves = mia.details["roc"]
+        roc = roc_svg([{"attack": r["attack"], "auc": r["auc"], "roc_curve": curves[r["attack"]]}
+                       for r in mia.details.get("attacks", []) if curves.get(r["attack"])])
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(_HTML).render(
-        a=data, ev=ev.to_dict() if ev is not None else {}, svg=svg,
+        a=data, ev=ev.to_dict() if ev is not None else {}, svg=svg, roc=roc,
         examples=_examples(ev) if ev is not None else [],
         model_name=Path(str(a.provenance.get("model", {}).get("path", "model"))).name)
 

@@ -532,7 +532,8 @@ class _Run:
 
         attacks: list[Any] = [LossThreshold(), ConfidenceThreshold()] \
             if Capability.SCORES in model.capabilities else []
-        attacks.append(LabelOnlyAttack(seed=self.ins.seed))
+        # the label-only attack costs 1 + draws * 4 queries per record: fewer draws at the fast budget
+        attacks.append(LabelOnlyAttack(draws=4 if self.budget == "fast" else 16, seed=self.ins.seed))
         return [a.run(model, members, non_members).to_dict() for a in attacks]
 
     def check_extraction(self, model: Any) -> CheckOutcome:
