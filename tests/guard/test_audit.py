@@ -158,3 +158,60 @@ def test_cli_verify_and_export(tmp_path: Path, keypair: tuple[Path, Path]) -> No
     r = runner.invoke(cli, ["audit", "export", "--db", db, "--format", "xml"])
     assert r.exit_code == 2
     log.engine.dispose()
+
+
+_CRASH_CHILD = """
+import asyncio, json, sys
+from bastion.guard.audit import AuditLog
+from bastion.guard.db import make_engine
+
+log = AuditLog(make_engine(sys.argv[1])).start()
+
+async def one(i):
+    seq = await log.append({"request_id": f"c{i}", "key_id": "k", "client": "127.0.0.1", "model_name": "m",
+                            "model_version": "v", "decision": "allow", "status": 200, "latency_ms": 0.1})
+    # printed only once append returned: what a 2xx answer would be sent after
+    sys.stdout.write(f"{seq} c{i}\\n")
+    sys.stdout.flush()
+
+async def main():
+    i = 0
+    while True:
+        await asyncio.gather(*(one(i + j) for j in range(8)))
+        i += 8
+
+asyncio.run(main())
+"""
+
+
+def test_answered_records_survive_kill_9(tmp_path: Path) -> None:
+    """Every append that returned (the point a 2xx is sent) is in the database after SIGKILL mid-stream,
+    and the chain verifies: the future is resolved only after the durable commit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = f"sqlite:///{tmp_path / 'crash.db'}"
+    migrate(make_engine(db))
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_CHILD, db], stdout=subprocess.PIPE, text=True)
+    acked: list[tuple[int, str]] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while len(acked) < 200 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seq, rid = line.split()
+        acked.append((int(seq), rid))
+    proc.send_signal(signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=30)
+    acked += [(int(s), r) for s, r in (ln.split() for ln in rest.splitlines() if ln.strip())]
+    assert len(acked) >= 200, f"the writer acknowledged only {len(acked)} records in 60 s"
+    engine = make_engine(db)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(AuditRecord.seq, AuditRecord.request_id)).all())
+    missing = [(s, r) for s, r in acked if stored.get(s) != r]
+    assert not missing, f"{len(missing)} answered records lost, e.g. {missing[:3]}"
+    assert verify(engine).ok
+    engine.dispose()

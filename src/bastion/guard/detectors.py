@@ -9,6 +9,8 @@ key's whole query stream and keeps its own statistic (Shapiro-Wilk W below ``thr
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,25 +29,87 @@ def _module(model: Any) -> nn.Module | None:
     return mod if isinstance(mod, nn.Module) else None
 
 
+def _prepare(model: Any, x: Tensor) -> Tensor:
+    """What the wrapper feeds its module (:meth:`TorchModel.scores`): the module's dtype and the wrapper's
+    normalisation. Features computed on raw inputs would describe another input distribution."""
+    dtype = getattr(model, "_dtype", None)
+    if x.is_floating_point() and dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
+    mean, std = getattr(model, "_mean", None), getattr(model, "_std", None)
+    if mean is not None and std is not None:
+        x = (x - model._broadcast(mean, x)) / model._broadcast(std, x)
+    return x
+
+
+class _Tap(nn.Module):
+    """A scripted module returning (penultimate features, logits) of a ``features`` + ``head`` model in one
+    call: calling the submodules one by one from Python costs a boundary crossing each."""
+
+    def __init__(self, body: nn.Module, pre: nn.Module, last: nn.Module) -> None:
+        super().__init__()
+        self.body, self.pre, self.last = body, pre, last
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.pre(self.body(x))
+        return h.flatten(1), self.last(h)
+
+
+_TAPS: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+#: the features of the last batch this thread scored (several detectors, one pass of the model)
+_LAST = threading.local()
+
+
+def _tap(mod: nn.Module) -> Any:
+    """The module's (features, logits) tap, or None when its penultimate layer is found by a hook instead."""
+    if mod in _TAPS:
+        return _TAPS[mod]
+    tap = None
+    if isinstance(mod, torch.jit.ScriptModule) and hasattr(mod, "features") and hasattr(mod, "head"):
+        children = list(mod.head.children())
+        if children:
+            tap = torch.jit.script(_Tap(mod.features, nn.Sequential(*children[:-1]), children[-1]).eval())
+    _TAPS[mod] = tap
+    return tap
+
+
+def forward(model: Any, x: Tensor) -> Tensor:
+    """``model.scores(x)``, keeping the penultimate features of ``x`` for :func:`features` to reuse, so
+    feature-space detectors do not run the model a second time. Call under ``torch.no_grad()``."""
+    mod = _module(model)
+    if mod is None:
+        return model.scores(x)
+    tap = _tap(mod)
+    if tap is not None:
+        count = getattr(model, "_count", None)
+        if count is not None:
+            count(x)
+        feats, logits = tap(_prepare(model, x))
+    else:
+        last = [m for m in mod.modules() if isinstance(m, nn.Linear)]
+        if not last or isinstance(mod, torch.jit.ScriptModule):
+            return model.scores(x)
+        seen: list[Tensor] = []
+        handle = last[-1].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+        try:
+            logits = model.scores(x)
+        finally:
+            handle.remove()
+        feats = seen[-1].flatten(1)
+    _LAST.entry = (weakref.ref(x), x._version, weakref.ref(model), feats.detach().double().numpy())
+    return logits
+
+
 def features(model: Any, x: Tensor) -> np.ndarray:
     """Inputs of the model's last linear layer (its penultimate features), or the flattened inputs."""
-    mod = _module(model)
-    if mod is not None:
+    entry = getattr(_LAST, "entry", None)
+    if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2]() is model:
+        return entry[3]
+    if _module(model) is not None:
         with torch.no_grad():
-            if isinstance(mod, torch.jit.ScriptModule) and hasattr(mod, "features") and hasattr(mod, "head"):
-                h = mod.features(x)
-                for layer in list(mod.head.children())[:-1]:
-                    h = layer(h)
-                return h.flatten(1).double().numpy()
-            last = [m for m in mod.modules() if isinstance(m, nn.Linear)]
-            if last and not isinstance(mod, torch.jit.ScriptModule):
-                seen: list[Tensor] = []
-                handle = last[-1].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
-                try:
-                    model.scores(x)
-                finally:
-                    handle.remove()
-                return seen[-1].flatten(1).double().numpy()
+            forward(model, x)
+        entry = getattr(_LAST, "entry", None)
+        if entry is not None and entry[0]() is x:
+            return entry[3]
     return x.flatten(1).double().numpy()
 
 
@@ -56,7 +120,9 @@ def _probs(model: Any, x: Tensor) -> Tensor:
 
 def to_probs(s: Tensor) -> Tensor:
     """Probabilities from a model's scores: kept if they already are (black-box models), else softmax."""
-    if s.min() >= 0 and torch.allclose(s.sum(1), torch.ones(s.shape[0]), atol=1e-4):
+    # the check in NumPy: on a (1, C) batch each torch operator costs more than the arithmetic
+    a = s.detach().cpu().numpy()
+    if a.size and a.min() >= 0 and np.allclose(a.sum(1), 1.0, rtol=0.0, atol=1e-4):
         return s
     return s.softmax(1)
 
@@ -112,11 +178,15 @@ class Mahalanobis(Detector):
         self.means_ = np.stack([f[y == c].mean(0) for c in np.unique(y)])
         centred = f - self.means_[np.searchsorted(np.unique(y), y)]
         self.precision_ = LedoitWolf().fit(centred).precision_
+        # precision = L L^T, so (f - m)^T P (f - m) = |L^T f - L^T m|^2: one (d, d) product per request
+        # instead of one per class
+        self.whiten_ = np.linalg.cholesky(self.precision_)
+        self.white_means_ = self.means_ @ self.whiten_
+        self.white_sq_ = (self.white_means_**2).sum(1)
 
     def score(self, model: Any, x: Tensor, probs: Tensor, key_id: str | None = None) -> np.ndarray:
-        f = features(model, x)
-        d = f[:, None, :] - self.means_[None]
-        m = np.einsum("ncd,de,nce->nc", d, self.precision_, d)
+        z = features(model, x) @ self.whiten_
+        m = (z**2).sum(1)[:, None] - 2.0 * z @ self.white_means_.T + self.white_sq_[None]
         return np.sqrt(np.maximum(m.min(1), 0.0))
 
 
@@ -169,9 +239,11 @@ class Margin(Detector):
     kind: str = "margin"
 
     def score(self, model: Any, x: Tensor, probs: Tensor, key_id: str | None = None) -> np.ndarray:
-        top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
-        gap = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
-        return (1.0 - gap).numpy()
+        p = probs.detach().cpu().numpy()
+        if p.shape[1] < 2:
+            return (1.0 - p[:, 0]).astype(np.float32)
+        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]  # NumPy: a torch topk per request costs more
+        return (1.0 - (top2[:, 1] - top2[:, 0])).astype(np.float32)
 
 
 @dataclass

@@ -3,13 +3,17 @@
 A key reads ``bst_<key id>_<secret>``. Only the key id and ``scrypt(secret, salt)`` are stored; the key is
 shown once, at creation. scrypt costs tens of milliseconds by design, so a worker remembers the keys it has
 already verified (by a SHA-256 of the presented key, in memory only) and pays scrypt once per key per
-process. Whether a key is revoked is never cached beyond ``cache_ttl``: without Redis each request reads the
-key's row (one primary-key lookup); with Redis a worker re-reads rows only after the revocation counter
-in Redis changed, which ``revoke`` bumps, so the cache is invalidated everywhere at once.
+process. Whether a key is revoked is never cached: without Redis each request reads the key's
+``revoked_at``, scopes and limits (one primary-key lookup on a connection the worker thread keeps open,
+outside SQLAlchemy's pool and transaction events: tens of µs on SQLite, against hundreds through the
+ORM) and re-reads the full row only when they changed; with Redis a worker re-reads rows after
+``cache_ttl`` seconds or as soon as the revocation counter in Redis changed, which ``revoke`` bumps, so
+the cache is invalidated everywhere at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -30,7 +34,6 @@ SCOPES = ("infer", "read-audit", "admin")
 PREFIX = "bst"
 #: scrypt cost: N=2**14, r=8, p=1 (about 16 MiB, tens of ms), the interactive-login setting of the paper
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
-_REVOKED = select(ApiKey.revoked_at).where(ApiKey.key_id == bindparam("k"))
 #: the Redis key holding the revocation counter
 REVOCATION_COUNTER = "bastion:guard:keys:revocations"
 
@@ -137,12 +140,53 @@ class Authenticator:
     """Turn a presented key into a :class:`KeyInfo` (or None), per worker, fast after the first time."""
 
     store: KeyStore
-    #: seconds a key's row is trusted without re-reading it, when Redis announces revocations
+    #: seconds a key's row is trusted without re-reading it, when Redis announces revocations (without
+    #: Redis the row's mutable columns are read on every request)
     cache_ttl: float = 1.0
     _verified: dict[bytes, str] = field(default_factory=dict)
     _rows: dict[str, tuple[float, KeyInfo | None]] = field(default_factory=dict)
+    _raw_rows: dict[str, tuple[tuple[Any, ...], KeyInfo | None]] = field(default_factory=dict)
     _counter: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _local: threading.local = field(default_factory=threading.local)
+
+    def _key_row(self, key_id: str) -> tuple[Any, ...] | None:
+        """The key's mutable columns (revoked_at first), read now on this thread's own connection."""
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            try:
+                if conn is None:
+                    conn = self._local.conn = self._connect()
+                cur = conn.cursor()
+                try:
+                    cur.execute(self._local.sql, (key_id,))
+                    row = cur.fetchone()
+                finally:
+                    cur.close()
+                return None if row is None else tuple(row)
+            except Exception:
+                # a dropped connection (database restarted): reconnect once, then let the error out
+                self._local.conn = None
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> Any:
+        engine = self.store.engine
+        raw = engine.raw_connection()
+        raw.detach()  # its own connection from now on: changed settings never go back to the pool
+        dbapi: Any = raw.dbapi_connection
+        if engine.dialect.name == "sqlite":
+            dbapi.isolation_level = None  # autocommit: no transaction to open or end
+        else:
+            dbapi.autocommit = True  # a SELECT outside a transaction, never idle in one
+        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._local.sql = (f"SELECT revoked_at, scopes, rate, burst, daily_budget, output_policy "
+                           f"FROM {ApiKey.__tablename__} WHERE key_id = {mark}")
+        return raw
 
     def authenticate(self, presented: str) -> KeyInfo | None:
         parts = presented.split("_", 2)
@@ -170,21 +214,20 @@ class Authenticator:
     def _row(self, key_id: str) -> KeyInfo | None:
         redis = self.store.redis
         if redis is None:
-            # No Redis to announce revocations: read the one column that matters on every request (a
-            # prebuilt primary-key lookup); the rest of the row is cached for cache_ttl.
-            with self.store.engine.connect() as conn:
-                found = conn.execute(_REVOKED, {"k": key_id}).first()
-            if found is None:
+            # No Redis to announce revocations: read the key's mutable columns on every request (one
+            # primary-key lookup) and rebuild its KeyInfo (an ORM read) only when they changed, so a
+            # revocation or a new limit holds from the next request on, without a periodic re-read.
+            raw = self._key_row(key_id)
+            if raw is None:
                 return None
-            cached = self._rows.get(key_id)
-            if cached is None or cached[1] is None or time.monotonic() - cached[0] >= self.cache_ttl:
-                info = self.store.get(key_id)
-                with self._lock:
-                    self._rows[key_id] = (time.monotonic(), info)
-            else:
-                info = cached[1]
-            if info is not None and found[0] is not None and info.revoked_at is None:
-                info = self.store.get(key_id)
+            seen = self._raw_rows.get(key_id)
+            if seen is not None and seen[0] == raw:
+                return seen[1]
+            info = self.store.get(key_id)
+            with self._lock:
+                self._raw_rows[key_id] = (raw, info)
+            if info is not None and raw[0] is not None and info.revoked_at is None:
+                return None  # revoked between the two reads: refuse
             return info
         counter = redis.get(REVOCATION_COUNTER)
         now = time.monotonic()
