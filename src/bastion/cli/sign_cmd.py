@@ -167,6 +167,12 @@ def sign_command(
     password_env: str | None = typer.Option(
         None, "--password-env", help="Environment variable holding the private key's password."
     ),
+    data_manifest: Path | None = typer.Option(
+        None,
+        "--data-manifest",
+        help="Training data's manifest (from `bastion data manifest`): the statement records its SHA-256, "
+        "tying this model to the exact data it saw (bastion format).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Hash every file of MODEL_DIR and sign the manifest (in-toto Statement, DSSE envelope, Sigstore bundle).
@@ -178,6 +184,8 @@ def sign_command(
       bastion sign my-model/ --key keys/release --output release/my-model.sig --ignore-glob '*.log'
 
       bastion sign my-model/ --key keys/ec --format model-signing
+
+      bastion sign my-model/ --key keys/release --data-manifest train.npz.manifest.json
     """
     from bastion.sign.api import sign_model_detailed
 
@@ -199,8 +207,10 @@ def sign_command(
             workers=workers,
             progress=advance,
             on_total=set_total,
+            data_manifest=data_manifest,
         )
     manifest = signed.manifest
+    link = manifest.training_data
     if json_out:
         print_json(
             {
@@ -210,6 +220,7 @@ def sign_command(
                 "total_bytes": manifest.total_bytes,
                 "root_digest": manifest.root_digest,
                 "key_id": signed.key_id,
+                "training_data": link.to_json() if link is not None else {},
             }
         )
     else:
@@ -217,6 +228,7 @@ def sign_command(
             f"signed {len(manifest.resources)} files ({_size(manifest.total_bytes)}) of {shown(str(model_dir))} "
             f"-> {shown(str(signed.path))}\n"
             f"root sha256 {manifest.root_digest}, key {signed.key_id}"
+            + (f"\ntraining data: {shown(link.name)} sha256 {link.sha256}" if link is not None else "")
         )
     raise typer.Exit(EXIT_OK)
 
@@ -234,6 +246,11 @@ def verify_command(
         None, "--signature", "-s", help="Signature file (default MODEL_DIR/model.sig)."
     ),
     workers: int | None = typer.Option(None, "--workers", help="Hashing threads (default: cores + 4)."),
+    data_manifest: Path | None = typer.Option(
+        None,
+        "--data-manifest",
+        help="Also check that this data manifest is byte for byte the one the signature names.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.", metavar=""),
 ) -> None:
     """Check MODEL_DIR against its signature: exit 0 intact, 1 names every difference, 2 could not check.
@@ -248,6 +265,8 @@ def verify_command(
       bastion verify my-model/ --pub keys/release.pub --signature release/my-model.sig --json
 
       bastion verify my-model/ --ca-bundle ca.pem
+
+      bastion verify my-model/ --pub keys/release.pub --data-manifest train.npz.manifest.json
     """
     from bastion.sign import verify_model
 
@@ -260,18 +279,25 @@ def verify_command(
             workers=workers,
             progress=advance,
             on_total=set_total,
+            data_manifest=data_manifest,
         )
+    td = result.training_data
+    link = f"training data: {shown(str(td['name']))} sha256 {td['sha256']}" if td else ""
+    if link and result.training_data_ok:
+        link += " (matches --data-manifest)"
     if json_out:
         print_json(result.to_dict())
     elif result.ok:
         typer.echo(
             f"verified: {result.files} files ({_size(result.total_bytes)}) of {shown(str(model_dir))} match the "
             f"{result.format} signature by {'certificate ' + result.signer if result.signer else 'key'} "
-            f"{result.key_id}\nroot sha256 {result.root_digest}"
+            f"{result.key_id}\nroot sha256 {result.root_digest}" + (f"\n{link}" if link else "")
         )
     else:
         for line in result.reasons:
             typer.echo(f"{shown(str(model_dir))}: {line}")
+        if link:
+            typer.echo(link)
         parts = [
             f"{len(result.changed)} changed",
             f"{len(result.added)} added",

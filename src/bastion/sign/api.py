@@ -39,6 +39,7 @@ from bastion.sign.manifest import (
     ALG_SHARDED,
     ALG_SYMLINK,
     PREDICATE_TYPE,
+    DataLink,
     HashConfig,
     Manifest,
     Resource,
@@ -76,6 +77,10 @@ class VerifyResult:
     total_bytes: int = 0
     format: str = ""
     signer: str = ""  # the certificate's subject, for certificate signatures
+    #: the training data's manifest the signature names (name, sha256, records_digest, ...), {} for none
+    training_data: dict[str, Any] = field(default_factory=dict)
+    #: with a data manifest to check: True when its bytes are the ones the signature names
+    training_data_ok: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +182,7 @@ def sign_model_detailed(
     certificate_chain: Iterable[str | Path] = (),
     insecure_key_permissions: bool = False,
     force: bool = False,
+    data_manifest: str | Path | None = None,
 ) -> SignResult:
     """Sign ``model_dir`` and return the signature's path, the signed manifest and the key id.
 
@@ -187,10 +193,14 @@ def sign_model_detailed(
     ``shards`` layout when ``shard_size`` is given (Bastion's format shards at 1 GiB unless told).
     ``certificate`` (PEM, matching the key) and ``certificate_chain`` (intermediates) put the signer's
     chain in the bundle for PKI verification. The output never replaces the key, the certificates or a file of the model, and an
-    existing file that is not a signature only with ``force``.
+    existing file that is not a signature only with ``force``. ``data_manifest`` (a ``bastion data
+    manifest`` file) ties the model to its training data: the statement records that file's SHA-256.
     """
     if format not in FORMATS:
         raise InputError("format", repr(format), f"one of {', '.join(FORMATS)}")
+    if data_manifest is not None and format != "bastion":
+        raise InputError("data_manifest", str(data_manifest), "format bastion (model-signing's payload has no place for it)")
+    link = data_link(data_manifest) if data_manifest is not None else None
     folder = check_model_dir(model_dir)
     key = load_private_key(private_key_path, password, insecure_permissions=insecure_key_permissions)
     sig_path = Path(output) if output is not None else folder / SIGNATURE_NAME
@@ -256,7 +266,8 @@ def sign_model_detailed(
             for d in digests
         ] + [Resource(lk.name, ALG_SYMLINK, _link_digest(lk.target), target=lk.target) for lk in scan.links]
         manifest = Manifest(
-            folder.resolve().name or "model", tuple(sorted(resources, key=lambda r: r.name)), config
+            folder.resolve().name or "model", tuple(sorted(resources, key=lambda r: r.name)), config,
+            training_data=link,
         )
         statement = manifest.to_statement()
     # compact, key-sorted JSON: the bytes signed are the bytes stored, so no canonical form is needed later
@@ -265,6 +276,34 @@ def sign_model_detailed(
     envelope = sign_envelope(payload, key, keyid="" if is_ms else None)
     write_signature_file(envelope, sig_path, key_hint=pem_hint(public) if is_ms else None, certificates=certs)
     return SignResult(sig_path, manifest, key_id(public))
+
+
+def file_sha256(path: str | Path, what: str) -> str:
+    """SHA-256 of a file's bytes; a clear error naming ``what`` when it cannot be read."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(what, str(p), "an existing data manifest file (from `bastion data manifest`)")
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(what, f"{p} ({exc.strerror})", "a readable data manifest file") from None
+
+
+def data_link(path: str | Path) -> DataLink:
+    """What a signature records about the data manifest at ``path`` (which must be one Bastion wrote)."""
+    from bastion.data.manifest import load as load_data_manifest
+    from bastion.errors import DataLoadError
+
+    digest = file_sha256(path, "data_manifest")
+    try:
+        doc = load_data_manifest(path).manifest
+    except DataLoadError as exc:
+        raise InputError("data_manifest", str(exc), "a manifest written by `bastion data manifest`") from None
+    num = doc.get("num_records")
+    return DataLink(Path(path).name, digest, str(doc.get("digest", "")),
+                    num if isinstance(num, int) else None, str(doc.get("source", "")))
 
 
 def _describe_change(signed: Resource, now: Resource, shard_size: int) -> str:
@@ -325,8 +364,12 @@ def verify_model(
     workers: int | None = None,
     progress: ProgressHook | None = None,
     on_total: ProgressHook | None = None,
+    data_manifest: str | Path | None = None,
 ) -> VerifyResult:
     """Check that ``model_dir`` is exactly what the key's owner (or the certificate's holder) signed.
+
+    The training-data manifest the signature names (if any) comes back in ``training_data``; given
+    ``data_manifest``, its bytes must be exactly that file's, or the result is not ``ok``.
 
     Give the signer's public key, or a CA bundle for a signature that carries a certificate chain. Reads
     Bastion's and OpenSSF model-signing's formats. The envelope's signature is checked first; only when
@@ -381,6 +424,10 @@ def verify_model(
 
     result.model_name = manifest.model_name
     result.root_digest = manifest.root_digest
+    if manifest.training_data is not None:
+        result.training_data = manifest.training_data.to_json()
+    if data_manifest is not None:
+        _check_data_link(manifest.training_data, data_manifest, result)
     if claimed_root != manifest.root_digest:
         result.reasons.append(
             f"manifest: subject digest {claimed_root} does not match its resources ({manifest.root_digest})"
@@ -388,6 +435,18 @@ def verify_model(
     _compare(folder, sig_path, manifest, result, workers, progress, on_total)
     result.ok = result.signature_ok and not result.reasons
     return result
+
+
+def _check_data_link(signed: DataLink | None, path: str | Path, result: VerifyResult) -> None:
+    digest = file_sha256(path, "data_manifest")
+    result.training_data_ok = signed is not None and signed.sha256 == digest
+    if signed is None:
+        result.reasons.append(f"training data: the signature names no data manifest, {shown(str(path))} was given")
+    elif not result.training_data_ok:
+        result.reasons.append(
+            f"training data: {shown(str(path))} has sha256 {digest}, the signature names {signed.name} "
+            f"with sha256 {signed.sha256}"
+        )
 
 
 def _compare(

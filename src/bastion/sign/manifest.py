@@ -181,6 +181,49 @@ def root_digest(resources: Iterable[Resource]) -> str:
 
 
 @dataclass(frozen=True)
+class DataLink:
+    """The training data a model saw: a ``bastion data manifest`` file named by the SHA-256 of its bytes.
+
+    ``records_digest`` is the manifest's own digest over every record (what ``bastion data diff`` compares),
+    recorded so a reader can tell which data set it was without the file; the file's SHA-256 is what
+    verification checks, since it also covers the source, the time and the manifest's signature.
+    """
+
+    name: str
+    sha256: str
+    records_digest: str = ""
+    num_records: int | None = None
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "sha256": self.sha256}
+        if self.records_digest:
+            out["records_digest"] = self.records_digest
+        if self.num_records is not None:
+            out["num_records"] = self.num_records
+        if self.source:
+            out["source"] = self.source
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DataLink:
+        where = "predicate.training_data"
+        if not isinstance(obj, Mapping):
+            raise ManifestError(f"{where}: expected an object")
+        name, digest = obj.get("name"), obj.get("sha256")
+        records, num, source = obj.get("records_digest", ""), obj.get("num_records"), obj.get("source", "")
+        if not isinstance(name, str) or not isinstance(source, str):
+            raise ManifestError(f"{where}: name and source must be strings")
+        for key, value in (("sha256", digest), ("records_digest", records)):
+            if not isinstance(value, str) or not (_HEX64.fullmatch(value) or (key == "records_digest" and not value)):
+                raise ManifestError(f"{where}.{key}: expected 64 lowercase hex digits")
+        if num is not None and (not isinstance(num, int) or isinstance(num, bool) or num < 0):
+            raise ManifestError(f"{where}.num_records: expected a non-negative integer")
+        assert isinstance(digest, str) and isinstance(records, str)
+        return cls(name, digest, records, num, source)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Every file of a model folder with its digest, plus the configuration that produced them."""
 
@@ -189,6 +232,8 @@ class Manifest:
     config: HashConfig
     #: the root of a model-signing payload, computed by its own rule (empty for Bastion's format)
     declared_root: str = ""
+    #: the data manifest of the training set, when the signer named one (Bastion's format only)
+    training_data: DataLink | None = None
 
     @property
     def root_digest(self) -> str:
@@ -203,14 +248,17 @@ class Manifest:
 
     def to_statement(self) -> dict[str, Any]:
         """The in-toto Statement v1 this manifest is signed as."""
+        predicate: dict[str, Any] = {
+            "serialization": self.config.to_json(),
+            "resources": [r.to_json() for r in self.resources],
+        }
+        if self.training_data is not None:
+            predicate["training_data"] = self.training_data.to_json()
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": self.model_name, "digest": {"sha256": self.root_digest}}],
             "predicateType": PREDICATE_TYPE,
-            "predicate": {
-                "serialization": self.config.to_json(),
-                "resources": [r.to_json() for r in self.resources],
-            },
+            "predicate": predicate,
         }
 
     @classmethod
@@ -250,7 +298,9 @@ class Manifest:
                         f"predicate.resources[{res.name}]: {len(res.shards)} shard digests, "
                         f"expected {expected} for {res.size} bytes"
                     )
-        return cls(name, resources, config), claimed
+        link = predicate.get("training_data")
+        training = DataLink.from_json(link) if link is not None else None
+        return cls(name, resources, config, training_data=training), claimed
 
 
 def _link_digest(target: str) -> str:
