@@ -151,3 +151,28 @@ def test_backend_ray_without_ray_exits_2_with_the_install_line(tmp_path: Path,
         res = CliRunner().invoke(app, [*map(str, cmd), "--backend", "ray"])
         said = " ".join(res.output.replace("│", " ").split())
         assert res.exit_code == 2 and "pip install 'bastion-ml[ray]'" in said, (cmd, res.output)
+
+
+def test_cli_commands_on_ray_report_the_sharded_figures(cluster: Any, net: tuple[Path, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    path, d = net
+    n = 70
+    x, y = d.x_test[:n], d.y_test[:n]
+    np.savez(tmp_path / "test.npz", x=x.numpy(), y=y.numpy())
+    spec = ModelSpec.from_path(path)
+    with open_backend("local") as local:
+        ref = evaluate_sharded(local, spec, x, y, norm="linf", epsilons=[0.1], suite="fast", seed=0, checks=False)
+        cert = certify_sharded(local, spec, x, sigma=0.25, n0=10, n=50, alpha=0.05, seed=0)
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(path), "--data", str(tmp_path / "test.npz"), "--eps",
+                                   "0.1", "--suite", "fast", "--no-checks", "--json", "--backend", "ray"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["robust_accuracy"] == {"0.1": ref.robust_accuracy[0]}
+    res = CliRunner().invoke(app, ["certify", "--model", str(path), "--data", str(tmp_path / "test.npz"), "--n", "50",
+                                   "--n0", "10", "--alpha", "0.05", "--radii", "0,0.1", "--json", "--backend", "ray"])
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.stdout)
+    assert body["certified_accuracy"] == cert.certified_accuracy(y, [0.0, 0.1])
+    assert body["sharding"]["backend"] == "ray"
