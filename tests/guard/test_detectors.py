@@ -102,3 +102,38 @@ def test_reject_and_prada_in_the_request_path(make_gateway: Any, tmp_path: Path,
     rows = list(_rows(gw.audit.engine))
     assert rows[0]["decision"] == "reject" and rows[0]["status"] == 403
     assert sum(r["decision"] == "flag" for r in rows) == sum(flags)
+
+
+def test_features_one_pass_match_the_model(digits_cnn: torch.nn.Module, digits: bn.datasets.Dataset) -> None:
+    """The features a detector reads are those of the module on the input as the wrapper feeds it (with its
+    normalisation), whether the model is eager or TorchScript, and the logits of the shared pass are the
+    model's own: reusing the request's forward pass changes no score."""
+    import numpy as np
+
+    from bastion.guard.detectors import features, forward
+
+    x = digits.x_test[:20]
+    mean, std = 0.3, 0.4
+    eager = bn.wrap(digits_cnn, (0.0, 1.0), preprocessing=(mean, std))
+    scripted = bn.wrap(torch.jit.script(digits_cnn), (0.0, 1.0), preprocessing=(mean, std))
+    seen: list[torch.Tensor] = []
+    last = [m for m in digits_cnn.modules() if isinstance(m, torch.nn.Linear)][-1]
+    handle = last.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        digits_cnn((x - mean) / std)
+    handle.remove()
+    want = seen[-1].flatten(1).double().numpy()
+    for model in (eager, scripted):
+        with torch.no_grad():
+            fresh = features(model, x.clone())
+            assert np.allclose(fresh, want, atol=1e-5)
+            logits = forward(model, x)
+            assert torch.allclose(logits, model.scores(x), atol=1e-6)
+            assert features(model, x) is not None and np.allclose(features(model, x), want, atol=1e-5)
+    # the cached pass is tied to the tensor's contents: changing x in place recomputes
+    with torch.no_grad():
+        forward(scripted, x)
+        y = x.clone()
+        forward(scripted, y)
+        y.mul_(0.5)
+        assert not np.allclose(features(scripted, y), want, atol=1e-3)
