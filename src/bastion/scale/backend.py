@@ -196,6 +196,9 @@ class RayBackend(Backend):
         return self._actors
 
     def ship(self, spec: ModelSpec | None) -> ModelSpec | None:
+        if spec is not None and spec.obj is None and self.gpus and spec.device is None:
+            # each actor holds one GPU (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is that one
+            return dataclasses.replace(spec, device="cuda")
         if spec is None or spec.obj is None:
             return spec
         if spec.key not in self._shipped:
