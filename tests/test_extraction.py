@@ -98,3 +98,21 @@ def test_bad_arguments(victim: tuple) -> None:
         KnockoffNets().run(net, torch.rand(10, 13), budgets=0)
     with pytest.raises(InputError, match="pool"):
         KnockoffNets().run(net, torch.rand(1, 13))
+
+
+def test_knockoff_ensemble_shares_the_queries(victim: tuple) -> None:
+    from bastion.attacks.extraction.surrogate import AveragedCopy
+
+    net, ds = victim
+    pool = torch.rand(300, 13)
+    res = KnockoffNets("random", epochs=10, ensemble=3).run(net, pool, (300,), eval_x=ds.x_test, eval_y=ds.y_test)
+    assert res.queries == 300  # three copies, one set of answers
+    assert isinstance(res.copy, AveragedCopy) and len(res.copy.members) == 3
+    point = res.curve[0]
+    assert point.member_fidelity is not None and len(point.member_fidelity) == 3
+    assert res.fidelity is not None and res.fidelity >= 0.75
+    with torch.no_grad():
+        out = res.copy(ds.x_test)  # log of averaged probabilities: a proper distribution
+    assert torch.allclose(out.exp().sum(1), torch.ones(out.shape[0]), atol=1e-5)
+    with pytest.raises(InputError):
+        KnockoffNets(ensemble=0)

@@ -19,9 +19,14 @@ class BudgetPoint:
     queries: int
     fidelity: float | None
     accuracy: float | None
+    #: fidelity of each member when the copy is an ensemble (None for a single copy)
+    member_fidelity: list[float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"queries": self.queries, "fidelity": self.fidelity, "accuracy": self.accuracy}
+        out: dict[str, Any] = {"queries": self.queries, "fidelity": self.fidelity, "accuracy": self.accuracy}
+        if self.member_fidelity is not None:
+            out["member_fidelity"] = list(self.member_fidelity)
+        return out
 
 
 @dataclass

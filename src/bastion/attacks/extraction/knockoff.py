@@ -6,6 +6,10 @@ fits a copy to the returned probabilities. ``strategy="random"`` samples the poo
 clusters, rewarded (as in the paper) by how confident the victim is and how much the current copy still
 disagrees with it. When the budget exceeds the pool, further queries are mixtures of two pool records
 (``lam * a + (1 - lam) * b``): new inputs near the data rather than repeats that teach nothing.
+
+``ensemble=k`` trains k independently initialised copies on the same answers and averages their
+probabilities (:class:`~bastion.attacks.extraction.surrogate.AveragedCopy`): the same queries, k times
+the training, and a copy that agrees with the victim more often than any one of them.
 """
 
 from __future__ import annotations
@@ -15,10 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bastion.attacks.extraction.base import BudgetPoint, Evaluation, ExtractionResult, freeze
-from bastion.attacks.extraction.surrogate import DEFAULT_EPOCHS, Factory, default_factory, fit_soft
+from bastion.attacks.extraction.surrogate import (
+    DEFAULT_EPOCHS,
+    AveragedCopy,
+    Factory,
+    default_factory,
+    fit_soft,
+)
 from bastion.attacks.inference._scores import probabilities
 from bastion.core.adapters import Capability, Model, wrap
 from bastion.errors import InputError
@@ -70,10 +80,13 @@ class KnockoffNets:
     """Extraction by training a copy on the victim's scores for pool queries, measured at each budget."""
 
     def __init__(self, strategy: str = "random", factory: Factory | None = None, *, epochs: int = DEFAULT_EPOCHS,
-                 clusters: int = 10, seed: int = 0,
+                 clusters: int = 10, seed: int = 0, ensemble: int = 1,
                  progress: Callable[[int, int], None] | None = None) -> None:
         if strategy not in STRATEGIES:
             raise InputError("strategy", repr(strategy), f"one of {STRATEGIES}")
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+            raise InputError("ensemble", ensemble, "a number of copies >= 1")
+        self.ensemble = ensemble
         self.strategy = strategy
         self.factory = factory
         self.epochs = epochs
@@ -152,14 +165,20 @@ class KnockoffNets:
             pq = probabilities(victim, xq)
         queries = victim.queries - before
         curve: list[BudgetPoint] = []
-        copy = None
+        copy: nn.Module | None = None
         for i, b in enumerate(plan):
-            copy = fit_soft(factory(), xq[:b], pq[:b], epochs=self.epochs, seed=self.seed)
+            # distinct data orders per member; distinct inits come from the factory's global RNG draws
+            members = [fit_soft(factory(), xq[:b], pq[:b], epochs=self.epochs, seed=self.seed + 7919 * k)
+                       for k in range(self.ensemble)]
+            copy = members[0] if len(members) == 1 else AveragedCopy(members)
             fid, acc = evaluation.measure(copy)
-            curve.append(BudgetPoint(queries=b, fidelity=fid, accuracy=acc))
+            per = [evaluation.measure(m)[0] for m in members] if len(members) > 1 else None
+            curve.append(BudgetPoint(queries=b, fidelity=fid, accuracy=acc, member_fidelity=per))
             if self.progress is not None:
                 self.progress(i + 1, len(plan))
         assert copy is not None
+        if self.ensemble > 1:
+            arch_note += f", {self.ensemble} copies averaged"
         notes = [arch_note, f"pool of {pool.shape[0]} attacker inputs"
                  + (f"; {max(0, plan[-1] - pool.shape[0])} mixed queries beyond it" if plan[-1] > pool.shape[0] else "")]
         last = curve[-1]

@@ -37,6 +37,26 @@ def default_factory(victim: Model, input_shape: tuple[int, ...], num_classes: in
     return (lambda: MLP(d, num_classes)), "copy architecture: MLP(128, 64)"
 
 
+class AveragedCopy(nn.Module):
+    """Several copies trained on the same answers, their probabilities averaged.
+
+    Independently initialised copies disagree mostly where each is unsure; averaging cancels much of
+    that init noise, so the ensemble agrees with the victim more often than a single copy at the same
+    query budget (the queries are shared: an ensemble costs training time, not queries). The output is
+    the log of the mean probability, a valid logit vector, so gradient attacks run on it unchanged.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("AveragedCopy needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        probs = torch.stack([m(x).softmax(dim=1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
 def fit_soft(module: nn.Module, x: Tensor, targets: Tensor, *, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
              seed: int = 0, min_steps: int = 300) -> nn.Module:
     """Fit ``module`` to the victim's answers: soft probabilities (KL, as Knockoff Nets) or hard labels."""
