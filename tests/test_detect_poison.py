@@ -97,3 +97,16 @@ def test_label_issues_find_random_flips() -> None:
     probs = np.eye(2)[res.y.numpy()] * 0.9 + 0.05
     probs[res.indices.numpy()] = probs[res.indices.numpy()][:, ::-1]
     assert np.array_equal(LabelIssues().fit(None, res.x, res.y, pred_probs=probs).labels_, mask)
+
+
+def test_label_issues_find_random_flips_on_digits() -> None:
+    """Ten classes of pixels: the default out-of-fold model must be non-linear to contradict the flips.
+
+    Seed 3 was not among the seeds the default estimator was chosen on (bench/poison.py uses 0, 1, 2)."""
+    d = bn.datasets.digits(flatten=True)
+    res = LabelFlip(0.1, seed=3)(d.x_train, d.y_train)
+    det = LabelIssues(seed=3).fit(None, res.x, res.y)
+    mask = res.mask.numpy()
+    recall, precision = det.labels_[mask].mean(), mask[det.labels_].mean()
+    assert recall >= 0.9 - binomial_margin(int(mask.sum()), 0.1), recall
+    assert precision >= 0.8 - binomial_margin(int(det.labels_.sum()), 0.2), precision
