@@ -184,6 +184,8 @@ def test_story_attack_response_rollback_resolve(tmp_path: Path, digits: bn.datas
     assert actions == ["alert", "revoke", "route-to"]
     assert any(r["decision"] == "alert-delivery" and "delivered" in r["reason"] for r in rows)
     assert any(r["decision"] == "model-swap" for r in rows)
+    changes = [r["reason"] for r in rows if r["decision"] == "serving-state"]
+    assert changes == ["now routed -> digits@1 (was normal)", "now normal (was routed -> digits@1)"]
     assert [r["status"] for r in rows if r["decision"] == "unauthenticated"] == [401, 401]  # mallory, revoked
     print(f"story: key revoked and traffic routed {reaction_s:.2f} s after the first attack request "
           f"({sent - 1} requests answered); whole story {time.perf_counter() - t_start:.1f} s")

@@ -266,7 +266,7 @@ def create_app(gw: Gateway) -> FastAPI:
         request.state.scores = all_scores
         if live is not None and model is gw.model:
             # windows hold what the primary model answered: that is what its baseline describes
-            live.observe(key.key_id, arr, probs)
+            live.observe(key.key_id, arr, probs, version)
         rejecting = [d for d in fired if d.action == "reject"]
         if rejecting:
             raise RequestRejected(403, "input rejected by a detector", reason=f"detector:{rejecting[0].kind}")

@@ -183,7 +183,8 @@ class Live:
                                        revoke_key=keys.revoke,  # type: ignore[arg-type]
                                        rollback_model=(lambda _m: registry.rollback(reg_name)) if registry else None)
         self.window = monitor.window if monitor else 0
-        self._bufs: dict[str, tuple[str | None, list[np.ndarray], list[np.ndarray], list[int]]] = {}
+        # scope -> (key, inputs, probabilities, [count], [model version the window holds answers of])
+        self._bufs: dict[str, tuple[str | None, list[np.ndarray], list[np.ndarray], list[int], list[str]]] = {}
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._pending = 0  # jobs queued and not yet handled (for drain)
         self._pending_lock = threading.Lock()
@@ -196,8 +197,8 @@ class Live:
         self.refreshed_at = 0.0
 
     # -- request path (event-loop thread): nothing here may block ------------------------------------------
-    def observe(self, key_id: str | None, x: np.ndarray, probs: torch.Tensor) -> None:
-        """Add an answered batch to the global and the key's open window (list appends only)."""
+    def observe(self, key_id: str | None, x: np.ndarray, probs: torch.Tensor, version: str = "") -> None:
+        """Add a batch the primary model (``version``) answered to the global and the key's open window."""
         if not self.window:
             return
         xf = x.reshape(len(x), -1)
@@ -205,14 +206,16 @@ class Live:
         settings = self.settings
         assert settings is not None
         if settings.global_window:
-            self._add("global", None, xf, p)
+            self._add("global", None, xf, p, version)
         if settings.per_key and key_id is not None:
-            self._add("key:" + key_id, key_id, xf, p)
+            self._add("key:" + key_id, key_id, xf, p, version)
 
-    def _add(self, scope: str, key: str | None, x: np.ndarray, p: np.ndarray) -> None:
+    def _add(self, scope: str, key: str | None, x: np.ndarray, p: np.ndarray, version: str) -> None:
         buf = self._bufs.get(scope)
-        if buf is None:
-            buf = self._bufs[scope] = (key, [], [], [0])
+        if buf is None or buf[4][0] != version:
+            # A new model answers from here on: a window mixing two models' outputs would alarm on the swap
+            # itself (its baseline is the new model's), so the open window starts again.
+            buf = self._bufs[scope] = (key, [], [], [0], [version])
         buf[1].append(x)
         buf[2].append(p)
         buf[3][0] += len(x)
@@ -223,7 +226,7 @@ class Live:
             buf[1][:], buf[2][:] = [xs[full:]], [ps[full:]]
             buf[3][0] = len(xs) - full
             for i in range(0, full, w):
-                self._put(("window", scope, key, xs[i:i + w], ps[i:i + w], time.time()))
+                self._put(("window", scope, key, xs[i:i + w], ps[i:i + w], time.time(), version))
 
     def detector_fired(self, kind: str, key_id: str | None) -> None:
         if self.responder is not None:
@@ -292,10 +295,10 @@ class Live:
             _, source, key, t = job
             self._respond(Event(source, t, key, self.gw.model_name, {"detector": source}))
             return
-        _, scope, key, x, p, t = job
+        _, scope, key, x, p, t, version = job
         slot = self.primary
-        if slot is None or slot.baseline is None:
-            return
+        if slot is None or slot.baseline is None or (version and version != slot.version):
+            return  # answered by a model swapped out since: not what this baseline describes
         report = slot.baseline.check(x, p)
         self._record(scope, report, t)
         for name in report.fired:
@@ -377,7 +380,15 @@ class Live:
                                                                    s["incident"], throttles)
             if view.mode == "routed" and view.route_to and view.route_to not in self.fallbacks:
                 self.load_fallback(view.route_to)
+            old = self.view
             self.view = view
+            if self.refreshed_at and (old.mode, old.route_to) != (view.mode, view.route_to):
+                # what this worker now does, in the audit log: a route lifted by `incident resolve` shows there
+                self._audit(f"serving:{view.incident or old.incident or ''}", None, "serving-state", 0,
+                            f"now {view.mode}" + (f" -> {view.route_to}" if view.route_to else "")
+                            + f" (was {old.mode}" + (f" -> {old.route_to}" if old.route_to else "") + ")",
+                            {"mode": view.mode, "route_to": view.route_to, "incident": view.incident,
+                             "previous": {"mode": old.mode, "route_to": old.route_to, "incident": old.incident}})
             for mode in ("normal", "offline", "routed"):
                 self.metrics.mode.labels(mode).set(1.0 if view.mode == mode else 0.0)
             self.metrics.throttled.set(len(throttles))
