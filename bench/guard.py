@@ -14,6 +14,15 @@
    Added latency = gateway percentile - plain wrapper percentile, from the same run.
 3. Crash safety: the gateway under load is killed with SIGKILL; every 2xx that wrk logged (with the record's
    sequence number from ``X-Audit-Seq``) must be in the database, and ``audit verify`` must pass.
+4. Per-stage cost (``stages`` in the JSON, a table on stderr): the ASGI apps driven in-process at ``--rate``
+   (bench/guard_stages.py: no sockets, no load generator sharing the cores), each stage of the request path
+   timed with perf_counter_ns and the thread's CPU time. CPU figures stay meaningful on a loaded machine;
+   wall figures there include time waiting for a core. The plain wrapper runs through the same driver, so
+   gateway total CPU - plain total CPU is the gateway's own cost per request.
+
+Flags: ``--duration`` (s per wrk run, default 10), ``--stage-requests`` (requests per in-process run, default
+1000), ``--skip-detection``, ``--skip-pg``, ``--skip-wrk`` (stages only: no wrk needed). The default run takes
+about 4-5 minutes on a quiet 2-core machine.
 """
 
 from __future__ import annotations
@@ -188,15 +197,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench/out/guard.json"))
     ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--blackbox-examples", type=int, default=40)
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--skip-detection", action="store_true")
+    ap.add_argument("--skip-wrk", action="store_true", help="only the in-process per-stage costs (no wrk needed)")
+    ap.add_argument("--stage-requests", type=int, default=1000)
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("bench/guard.py needs wrk (Debian: apt-get install wrk)")
+    if shutil.which("wrk") is None and not args.skip_wrk:
+        sys.exit("bench/guard.py needs wrk (Debian: apt-get install wrk), or --skip-wrk for the stage costs only")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     d = bn.datasets.digits()
@@ -226,6 +237,16 @@ def main() -> None:
     (work / "two.yaml").write_text(two)
     (work / "two_normal.yaml").write_text(two + "audit_sync: normal\n")
     subprocess.run([BASTION, "keygen", "--out", str(work / "audit")], check=True, capture_output=True)
+    result["load_before"] = os.getloadavg()
+    print("per-stage costs (in-process) ...", file=sys.stderr)
+    result["stages"] = stage_costs(work, args)
+    print(stage_table(result["stages"]), file=sys.stderr)
+    if args.skip_wrk:
+        result["load_after"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=float))
+        print(summary(result, args))
+        return
     latency: dict[str, Any] = {"direct_model_call": direct_latency(scripted, held)}
     env1 = {"OMP_NUM_THREADS": "1"}
 
@@ -265,9 +286,45 @@ def main() -> None:
 
             with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA "{pg_schema}" CASCADE')
+    result["load_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float))
     print(summary(result, args))
+
+
+def stage_costs(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """In-process per-stage costs: the plain wrapper, the gateway without and with two detectors (SQLite)."""
+    from bastion.guard import ServeOptions, build_gateway
+    from bastion.guard.app import create_app
+    from guard_stages import profile_gateway, profile_plain
+
+    body = (work / "body.json").read_bytes()
+    n = args.stage_requests
+    ns: dict[str, Any] = {"MODEL": str(work / "model.pt")}
+    exec(compile(PLAIN_APP, "plain_app", "exec"), ns)  # the wrk run's plain wrapper, same code
+    out: dict[str, Any] = {"plain_fastapi": profile_plain(ns["app"], body, rate=args.rate, n=n)}
+    for name, cfg in (("gateway_no_detectors", "none.yaml"), ("gateway_two_detectors", "two.yaml")):
+        gw = build_gateway(ServeOptions(model=str(work / "model.pt"), db=f"sqlite:///{work / ('st-' + cfg)}.db",
+                                        config=str(work / cfg), reference=str(work / "ref.npz"),
+                                        signing_key=str(work / "audit")))
+        key, _ = gw.keys.create("bench", ["infer"])
+        try:
+            out[name] = profile_gateway(gw, create_app(gw), key, body, rate=args.rate, n=n)
+        finally:
+            gw.audit.stop()
+            gw.audit.engine.dispose()
+        plain = out["plain_fastapi"]["stages"]["total"]
+        total = out[name]["stages"]["total"]
+        out[name]["added_cpu_p50_us"] = total["cpu_p50_us"] - plain["cpu_p50_us"]
+        out[name]["added_cpu_mean_us"] = total["cpu_mean_us"] - plain["cpu_mean_us"]
+    out["load"] = os.getloadavg()
+    return out
+
+
+def stage_table(st: dict[str, Any]) -> str:
+    from guard_stages import table
+
+    return table({k: v for k, v in st.items() if isinstance(v, dict)}) + f"\n(load average {st['load'][0]:.1f})"
 
 
 def wait_ready_plain(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -341,9 +398,11 @@ def crash_run(work: Path, db: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
-    lat = r["latency"]
-    parts = [f"plain FastAPI p50/p99 {lat['plain_fastapi']['p50_ms']:.2f}/{lat['plain_fastapi']['p99_ms']:.2f} ms "
-             f"at {lat['plain_fastapi']['rps']:.0f} req/s"]
+    lat = r.get("latency", {})
+    parts = []
+    if lat:
+        parts.append(f"plain FastAPI p50/p99 {lat['plain_fastapi']['p50_ms']:.2f}/"
+                     f"{lat['plain_fastapi']['p99_ms']:.2f} ms at {lat['plain_fastapi']['rps']:.0f} req/s")
     for name in ("gateway_sqlite_no_detectors", "gateway_sqlite_two_detectors",
                  "gateway_sqlite_normal_sync_two_detectors", "gateway_postgres_two_detectors"):
         if name in lat:
@@ -355,10 +414,22 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
         parts.append(f"detected at FPR {args.fpr:.2f} (clean FPR met; PGD/Square/HSJ): " + "; ".join(
             f"{k} {v['clean_fpr']:.2f} ({v['pgd_detected']:.2f}/{v['square_detected']:.2f}/"
             f"{v['hopskipjump_detected']:.2f})" for k, v in det.items() if not k.startswith("_")))
-    c = r["crash"]
-    parts.append(f"kill -9 under load: {c['missing_records_for_2xx']} of {c['responses_2xx']} 2xx without a "
-                 f"record, verify {'passes' if c['verify_ok'] else 'FAILS'}")
-    return (f"| guard | {r['device']}, wrk at ~{args.rate:.0f} req/s, digits CNN | " + " · ".join(parts)
+    c = r.get("crash")
+    if c:
+        parts.append(f"kill -9 under load: {c['missing_records_for_2xx']} of {c['responses_2xx']} 2xx without a "
+                     f"record, verify {'passes' if c['verify_ok'] else 'FAILS'}")
+    st = r.get("stages")
+    if st:
+        two = st["gateway_two_detectors"]["stages"]
+        cost = ", ".join(f"{k} {two[k]['cpu_p50_us']:.0f}" for k in ("auth", "ratelimit", "parse_validate", "model",
+                                                                      "detectors", "audit_enqueue", "framework"))
+        parts.append(f"in-process at {args.rate:.0f} req/s, CPU µs p50 per stage (two detectors): {cost}; "
+                     f"audit wait p50/p99 {two['audit_wait']['wall_p50_us'] / 1000:.2f}/"
+                     f"{two['audit_wait']['wall_p99_us'] / 1000:.2f} ms; gateway CPU over plain wrapper p50 "
+                     f"{st['gateway_no_detectors']['added_cpu_p50_us']:.0f} µs (no detectors), "
+                     f"{st['gateway_two_detectors']['added_cpu_p50_us']:.0f} µs (two)")
+    load = r.get("load_before", (float("nan"),))[0]
+    return (f"| guard | {r['device']}, load {load:.1f}, ~{args.rate:.0f} req/s, digits CNN | " + " · ".join(parts)
             + f" | `{r['command']}` |")
 
 

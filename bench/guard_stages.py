@@ -73,6 +73,11 @@ def profile_gateway(gw: Any, app: Any, key: str, body: bytes, *, rate: float = 2
     orig = {"auth": auth.authenticate, "ratelimit": limiter.check, "parse": spec.parse, "model": model.scores,
             "append": audit.append, "write": audit._write,
             "dets": [(d, d.score) for d in gw.detectors]}
+    import bastion.guard.app as app_module
+
+    app_forward = getattr(app_module, "forward", None)  # model call through detectors.forward (one pass)
+    if app_forward is not None:
+        app_module.forward = clock.wrap("model", app_forward)  # type: ignore[attr-defined]
     auth.authenticate = clock.wrap("auth", orig["auth"])
     limiter.check = clock.wrap("ratelimit", orig["ratelimit"])
     object.__setattr__(spec, "parse", clock.wrap("parse_validate", orig["parse"]))  # a frozen dataclass
@@ -175,6 +180,8 @@ def profile_gateway(gw: Any, app: Any, key: str, body: bytes, *, rate: float = 2
         auth.authenticate, limiter.check, model.scores = orig["auth"], orig["ratelimit"], orig["model"]
         object.__setattr__(spec, "parse", orig["parse"])
         audit.append, audit._write = orig["append"], orig["write"]
+        if app_forward is not None:
+            app_module.forward = app_forward  # type: ignore[attr-defined]
         for d, fn in orig["dets"]:
             d.score = fn
     return summarise(per_request, commits, statuses, elapsed, n + warmup)
@@ -197,10 +204,13 @@ def summarise(per_request: list[dict[str, list[int]]], commits: list[tuple[int, 
     fw_cpu = np.array([r["total"][1] - sum(r[k][1] for k in known if k in r) - r["_loop_cpu_in_wait"][1]
                        for r in per_request]) / 1e3
     out["stages"]["framework"] = _pcts(fw_wall, fw_cpu)
+    # the request's own CPU on the loop thread (what other requests used while it waited excluded)
+    own = np.array([r["total"][1] - r["_loop_cpu_in_wait"][1] for r in per_request]) / 1e3
+    out["stages"]["total"] = _pcts(np.array([r["total"][0] for r in per_request]) / 1e3, own)
     if commits:
         b = np.array([c[0] for c in commits])
         out["commits"] = {"count": len(commits), "mean_batch": float(b.mean()), "max_batch": int(b.max()),
-                          **{f"wall_{k}": v for k, v in _pcts(np.array([c[1] for c in commits]) / 1e3,
+                          **{f"commit_{k}": v for k, v in _pcts(np.array([c[1] for c in commits]) / 1e3,
                                                                np.array([c[2] for c in commits]) / 1e3).items()}}
     return out
 
@@ -245,3 +255,78 @@ def micro(body: bytes, gw: Any, n: int = 2000) -> dict[str, float]:
             "parameters": {"audit_seq": 1, "decision": "allow", "flags": [], "output_policy": {"kind": "full"}}}
     t("jsonresponse_render", lambda: JSONResponse(resp))
     return out
+
+
+def profile_plain(app: Any, body: bytes, *, rate: float = 200.0, n: int = 2000, warmup: int = 200,
+                  path: str = "/v2/models/model/infer") -> dict[str, Any]:
+    """The same driver on a plain FastAPI wrapper of the model: its whole request, wall and CPU (µs)."""
+    walls: list[int] = []
+    cpus: list[int] = []
+    statuses: dict[int, int] = defaultdict(int)
+
+    async def one(i: int, t_start: float) -> None:
+        await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
+        sent = [False]
+        status = [0]
+
+        async def receive() -> dict[str, Any]:
+            if sent[0]:
+                await asyncio.sleep(3600)
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+
+        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        await app(_scope(path, "none", len(body)), receive, send)  # no await inside: CPU is this request's
+        wall, cpu = time.perf_counter_ns() - w0, time.thread_time_ns() - c0
+        statuses[status[0]] += 1
+        if i >= warmup:
+            walls.append(wall)
+            cpus.append(cpu)
+
+    async def drive() -> float:
+        t0 = time.perf_counter() + 0.05
+        await asyncio.gather(*(one(i, t0 + i / rate) for i in range(n + warmup)))
+        return time.perf_counter() - t0
+
+    elapsed = asyncio.run(drive())
+    return {"requests": len(walls), "achieved_rps": (n + warmup) / elapsed,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "stages": {"total": _pcts(np.array(walls) / 1e3, np.array(cpus) / 1e3)}}
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Per-stage CPU p50 / p99 (µs) of each configuration, side by side, and the wall figures of the total."""
+    names = list(results)
+    head = f"{'stage (µs, CPU p50/p99)':26s}" + "".join(f"{n[:24]:>26s}" for n in names)
+    lines = [head, "-" * len(head)]
+    for s in STAGES:
+        row = f"{s:26s}"
+        for n in names:
+            v = results[n]["stages"].get(s)
+            if v is None:
+                row += f"{'-':>26s}"
+            elif s == "audit_wait":
+                row += f"{'wall ' + format(v['wall_p50_us'], '.0f') + ' / ' + format(v['wall_p99_us'], '.0f'):>26s}"
+            else:
+                row += f"{format(v['cpu_p50_us'], '.0f') + ' / ' + format(v['cpu_p99_us'], '.0f'):>26s}"
+        lines.append(row)
+    row = f"{'total wall p50/p99':26s}"
+    for n in names:
+        v = results[n]["stages"]["total"]
+        row += f"{format(v['wall_p50_us'], '.0f') + ' / ' + format(v['wall_p99_us'], '.0f'):>26s}"
+    lines.append(row)
+    row = f"{'commit CPU p50 (batch)':26s}"
+    for n in names:
+        c = results[n].get("commits")
+        cell = "-" if c is None else f"{c['commit_cpu_p50_us']:.0f} ({c['mean_batch']:.1f})"
+        row += f"{cell:>26s}"
+    lines.append(row)
+    row = f"{'achieved req/s':26s}"
+    for n in names:
+        row += f"{results[n]['achieved_rps']:>26.0f}"
+    lines.append(row)
+    return "\n".join(lines)
