@@ -303,6 +303,8 @@ def verify_command(
             f"{len(result.added)} added",
             f"{len(result.missing)} missing",
         ]
+        if result.training_data_ok is False:
+            parts.append("training data manifest does not match")
         parts.append("signature valid" if result.signature_ok else "signature INVALID")
         typer.echo(f"FAILED: {shown(str(model_dir))}: {', '.join(parts)}")
     sys.stdout.flush()
