@@ -3,10 +3,14 @@ poisoned sets; cleaning and retraining; label-flip detection with cleanlab; the 
 
     .venv/bin/python bench/poison.py --out bench/out/poison.json
 
-Digits CNN (SmallCNN, 15 epochs) poisoned with BadNets (2x2 bottom-right patch, target 0) at 1 % and 5 %,
-a blended trigger (alpha 0.2) and a clean-label backdoor (Turner et al., PGD eps 0.3); breast-cancer MLP
-with a tabular trigger (two columns at extremes). TPR = poison records flagged, FPR = clean records
-flagged; seconds of each detector's fit. Prints one Markdown row for bench/RESULTS.md.
+Digits CNN (SmallCNN, 15 epochs) poisoned with BadNets (2x2 bottom-right patch, target 0) at 1 % and 5 %
+(``--seeds``), a blended trigger (alpha 0.2) and a clean-label backdoor (Turner et al., PGD eps 0.3);
+breast-cancer MLP with a tabular trigger (two columns at extremes) (``--extra-seeds``). TPR = poison
+records flagged, FPR = clean records flagged; seconds of each detector's fit. Cleaning is what
+``bastion data clean --model M --retrain smallcnn`` does (its audit with the default removals: duplicates,
+leakage, label issues, poison), and the retrained model uses the same recipe and seed as the
+never-poisoned reference, so the only difference is the data. Prints medians over seeds as one Markdown
+row for bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -84,17 +88,60 @@ def _strip(net: torch.nn.Module, res: PoisonResult, d: bn.datasets.Dataset) -> d
             "clean_flagged": float(s.predict(xt).mean())}
 
 
-def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], clean_seeds: list[int], with_art: bool) -> dict[str, Any]:
+#: where each finished run is written as it completes, so a long benchmark stopped early keeps its rows
+PARTIAL = "bench/out/poison.partial.json"
+
+
+def checkpoint(images: dict[str, Any]) -> None:
+    with open(PARTIAL, "w") as fh:
+        json.dump(images, fh, indent=1, default=str)
+
+
+def _records(x: torch.Tensor, y: torch.Tensor, name: str) -> Any:
+    from pathlib import Path
+
+    from bastion.data.records import Records
+
+    xs, ys = x.numpy(), y.numpy()
+    return Records(Path(name), "npz", xs, ys, [str(i) for i in range(len(ys))],
+                   [xs[i].tobytes() + ys[i].tobytes() for i in range(len(ys))])
+
+
+def _data_clean(net: torch.nn.Module, res: PoisonResult, d: bn.datasets.Dataset) -> tuple[torch.Tensor, dict[str, int]]:
+    """The rows `bastion data clean --model` keeps (its default removals), and how many each check removed."""
+    from bastion.data import clean
+    from bastion.data.audit import audit
+
+    rec = _records(res.x, res.y, "poisoned.npz")
+    checks = clean.DEFAULT_REMOVE
+    result = audit(rec, model=net, test=_records(d.x_test, d.y_test, "test.npz"), checks=checks, seed=0)
+    plan = clean.plan(rec, result, checks)
+    return torch.from_numpy(plan.kept), {c: n for c, n in result.counts().items() if n}
+
+
+def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], extra_seeds: list[int], clean_seeds: list[int],
+                    with_art: bool) -> dict[str, Any]:
     shape, classes = tuple(d.x_train.shape[1:]), d.num_classes
     out: dict[str, Any] = {}
-    clean_refs = {s: _train(d.x_train, d.y_train, "smallcnn", shape, classes, s) for s in sorted(set(seeds) | set(clean_seeds))}
+    clean_refs = {s: _train(d.x_train, d.y_train, "smallcnn", shape, classes, s)
+                  for s in sorted(set(seeds) | set(extra_seeds) | set(clean_seeds))}
     out["never_poisoned_accuracy"] = {s: bn.zoo.accuracy(m, d.x_test, d.y_test) for s, m in clean_refs.items()}
     surrogate = clean_refs[seeds[0]]
+    nc_clean = {}
+    for s in clean_seeds:
+        m = clean_refs[s]
+        nc = NeuralCleanse(seed=s).fit(m, d.x_test[:200])
+        nc_clean[s] = {"backdoored": nc.is_backdoored_, "max_score": round(float(nc.scores_.max()), 2),
+                       "threshold": round(nc.threshold_, 2),
+                       "paper_max_anomaly_index": round(float(nc.anomaly_index_.max()), 2)}
+    out["neural_cleanse_clean_models"] = nc_clean
+    print("nc clean", nc_clean, flush=True)
+    checkpoint(out)
     attacks: list[tuple[str, Any]] = [("badnets_1pct", BadNets(0, 0.01, size=2)), ("badnets_5pct", BadNets(0, 0.05, size=2)),
                                       ("blended_5pct", Blended(0, 0.05, alpha=0.2)),
                                       ("clean_label_5pct", CleanLabel(0, 0.05, eps=0.3, size=2))]
     for name, attack in attacks:
-        for seed in seeds:
+        for seed in (seeds if name.startswith("badnets") else extra_seeds):
             attack.seed = seed
             if isinstance(attack, CleanLabel):
                 attack.patch.seed = seed
@@ -108,27 +155,28 @@ def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], clean_seeds: list[
                                    "clean_accuracy": bn.zoo.accuracy(net, d.x_test, d.y_test)}
             row["detectors"] = _detectors(net, res, rate, classes, with_art and name.startswith("badnets"))
             row["strip"] = _strip(net, res, d)
-            # Clean with Bastion's Spectre, retrain the same architecture, measure again.
-            flags = Spectre().fit_predict(net, res.x, res.y)
-            keep = torch.from_numpy(~flags)
-            net2 = _train(res.x[keep], res.y[keep], "smallcnn", shape, classes, seed)
-            row["after_clean"] = {"removed": int(flags.sum()), "asr": res.attack_success_rate(net2, d.x_test, d.y_test),
-                                  "clean_accuracy": bn.zoo.accuracy(net2, d.x_test, d.y_test)}
+            # Clean as `bastion data clean` does, retrain with the reference's recipe and seed, measure again.
+            kept, removed = _data_clean(net, res, d)
+            net2 = _train(res.x[kept], res.y[kept], "smallcnn", shape, classes, seed)
+            mask = res.mask.numpy()
+            gone = np.ones(mask.shape[0], dtype=bool)
+            gone[kept.numpy()] = False
+            acc2 = bn.zoo.accuracy(net2, d.x_test, d.y_test)
+            row["after_clean"] = {"removed": int(gone.sum()), "by_check": removed, "poison_removed": float(gone[mask].mean()),
+                                  "clean_removed": float(gone[~mask].mean()),
+                                  "asr": res.attack_success_rate(net2, d.x_test, d.y_test), "clean_accuracy": acc2,
+                                  "accuracy_vs_never_poisoned": acc2 - out["never_poisoned_accuracy"][seed]}
             if name.startswith("badnets"):
                 t = time.perf_counter()
                 nc = NeuralCleanse(seed=seed).fit(net, d.x_test[:200])
                 row["neural_cleanse"] = {"backdoored": nc.is_backdoored_, "target": nc.target_,
-                                         "anomaly_index": [round(float(a), 2) for a in nc.anomaly_index_],
+                                         "score": [round(float(a), 2) for a in nc.scores_],
+                                         "threshold": round(nc.threshold_, 2),
+                                         "paper_anomaly_index": [round(float(a), 2) for a in nc.anomaly_index_],
                                          "seconds": round(time.perf_counter() - t, 1)}
             out[f"{name}/seed{seed}"] = row
-            print(name, seed, json.dumps({k: v for k, v in row.items()}, default=str)[:900], flush=True)
-    nc_clean = {}
-    for s in clean_seeds:
-        m = clean_refs[s]
-        nc = NeuralCleanse(seed=s).fit(m, d.x_test[:200])
-        nc_clean[s] = {"backdoored": nc.is_backdoored_, "max_anomaly_index": round(float(nc.anomaly_index_.max()), 2)}
-    out["neural_cleanse_clean_models"] = nc_clean
-    print("nc clean", nc_clean, flush=True)
+            print(name, seed, json.dumps(row, default=str), flush=True)
+            checkpoint(out)
     return out
 
 
@@ -162,40 +210,74 @@ def label_flips(seeds: list[int]) -> dict[str, Any]:
     return out
 
 
+def _median(vals: list[float]) -> float:
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The RESULTS.md row: medians over seeds."""
+    img = result["images"]
+
+    def runs(key: str) -> list[dict[str, Any]]:
+        return [v for k, v in img.items() if k.startswith(key + "/")]
+
+    def det(key: str, name: str, field: str) -> float:
+        return _median([r["detectors"][name][field] for r in runs(key) if field in r["detectors"].get(name, {})])
+
+    cells = []
+    for key in ("badnets_1pct", "badnets_5pct"):
+        rs = runs(key)
+        nc = [r["neural_cleanse"] for r in rs]
+        cells.append(
+            f"{key} ({len(rs)} seeds): Bastion Spectre TPR {det(key, 'spectre', 'tpr'):.1%} / FPR "
+            f"{det(key, 'spectre', 'fpr'):.1%} ({det(key, 'spectre', 'seconds'):.1f} s) · ART AC "
+            f"{det(key, 'art_activation_defence', 'tpr'):.1%} / {det(key, 'art_activation_defence', 'fpr'):.1%} · "
+            f"ART spectral {det(key, 'art_spectral_signature', 'tpr'):.1%} / {det(key, 'art_spectral_signature', 'fpr'):.1%}"
+            f" · data clean + retrain: ASR {_median([r['asr'] for r in rs]):.1%} -> "
+            f"{_median([r['after_clean']['asr'] for r in rs]):.1%}, clean accuracy vs never-poisoned "
+            f"{_median([r['after_clean']['accuracy_vs_never_poisoned'] for r in rs]) * 100:+.1f} pt "
+            f"(removed {_median([r['after_clean']['clean_removed'] for r in rs]):.1%} of clean records)"
+            f" · Neural Cleanse target named {sum(n['target'] == 0 for n in nc)}/{len(nc)}")
+    for key in ("blended_5pct", "clean_label_5pct"):
+        if runs(key):
+            cells.append(f"{key}: Spectre {det(key, 'spectre', 'tpr'):.1%} / {det(key, 'spectre', 'fpr'):.1%}, "
+                         f"AC {det(key, 'activation_clustering', 'tpr'):.1%} / {det(key, 'activation_clustering', 'fpr'):.1%}, "
+                         f"spectral {det(key, 'spectral_signature', 'tpr'):.1%} / {det(key, 'spectral_signature', 'fpr'):.1%}")
+    nc_clean = img["neural_cleanse_clean_models"]
+    cells.append(f"Neural Cleanse alarms on clean models: {sum(v['backdoored'] for v in nc_clean.values())}/{len(nc_clean)}")
+    for name in ("breast_cancer", "digits"):
+        fl = [v for k, v in result["label_flips"].items() if k.startswith(name + "/")]
+        cells.append(f"label flips 10 % {name}: recall {_median([v['recall'] for v in fl]):.1%} at precision "
+                     f"{_median([v['precision'] for v in fl]):.1%} (min recall {min(v['recall'] for v in fl):.1%})")
+    return f"| poisoning (digits CNN; medians over seeds) | {result['device']} | `{result['command']}` | " + " · ".join(cells) + " |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2", help="seeds of the poisoned runs")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the BadNets runs and the label flips")
+    ap.add_argument("--extra-seeds", default="0", help="seeds of the blended, clean-label and tabular runs")
     ap.add_argument("--clean-seeds", default="0,1,2", help="seeds of the clean models the audit must not flag")
     ap.add_argument("--no-art", action="store_true")
     ap.add_argument("--out", default="bench/out/poison.json")
     args = ap.parse_args()
+    global PARTIAL
+    PARTIAL = args.out + ".partial"
     torch.set_num_threads(2)
     seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [int(s) for s in args.extra_seeds.split(",")]
     t0 = time.perf_counter()
     result: dict[str, Any] = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "device": f"CPU ({platform.processor() or platform.machine()}), torch threads 2",
-                              "command": f"python bench/poison.py --seeds {args.seeds} --clean-seeds {args.clean_seeds}", "seeds": seeds}
-    result["label_flips"] = label_flips(seeds)
-    result["tabular"] = tabular(seeds)
+                              "command": f"python bench/poison.py --seeds {args.seeds} --extra-seeds {args.extra_seeds} "
+                                         f"--clean-seeds {args.clean_seeds}", "seeds": seeds}
     clean_seeds = [int(s) for s in args.clean_seeds.split(",")]
-    result["images"] = image_backdoors(bn.datasets.digits(), seeds, clean_seeds, not args.no_art)
+    result["images"] = image_backdoors(bn.datasets.digits(), seeds, extra, clean_seeds, not args.no_art)
+    result["label_flips"] = label_flips(seeds)
+    result["tabular"] = tabular(extra)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1, default=str)
-    img = result["images"]
-
-    def mean(key: str, det: str, field: str) -> float:
-        vals = [v["detectors"][det][field] for k, v in img.items() if k.startswith(key) and field in v["detectors"].get(det, {})]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    cells = []
-    for key in ("badnets_1pct", "badnets_5pct"):
-        cells.append(f"{key}: Bastion Spectre TPR {mean(key, 'spectre', 'tpr'):.1%} FPR {mean(key, 'spectre', 'fpr'):.1%} "
-                     f"({mean(key, 'spectre', 'seconds'):.1f} s); ART AC TPR {mean(key, 'art_activation_defence', 'tpr'):.1%} "
-                     f"FPR {mean(key, 'art_activation_defence', 'fpr'):.1%}; ART spectral TPR "
-                     f"{mean(key, 'art_spectral_signature', 'tpr'):.1%} FPR {mean(key, 'art_spectral_signature', 'fpr'):.1%}")
-    print(f"| poison (digits CNN, {len(seeds)} seeds, CPU 2 cores) | " + " · ".join(cells) +
-          f" | `python bench/poison.py --seeds {args.seeds}` |")
+    print(summary(result))
 
 
 if __name__ == "__main__":
