@@ -176,3 +176,22 @@ def test_cli_commands_on_ray_report_the_sharded_figures(cluster: Any, net: tuple
     body = json.loads(res.stdout)
     assert body["certified_accuracy"] == cert.certified_accuracy(y, [0.0, 0.1])
     assert body["sharding"]["backend"] == "ray"
+
+
+def test_assess_on_ray_shards_the_scan_and_the_attacks(cluster: Any, net: tuple[Path, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app
+
+    path, d = net
+    np.savez(tmp_path / "test.npz", x=d.x_test[:64].numpy(), y=d.y_test[:64].numpy())
+    res = CliRunner().invoke(app, ["assess", "--model", str(path), "--data", str(tmp_path / "test.npz"), "--budget",
+                                   "fast", "--json", "--backend", "ray", "--workers", "2"])
+    body = json.loads(res.stdout)
+    assert res.exit_code in (0, 1), res.output
+    robust = next(c for c in body["checks"] if c["id"] == "robust_accuracy")
+    assert robust["details"]["sharding"]["backend"] == "ray" and body["provenance"]["execution"]["workers"] == 2
+    with open_backend("local") as local:
+        ref = evaluate_sharded(local, ModelSpec.from_path(path), d.x_test[:64], d.y_test[:64], norm="linf",
+                               epsilons=[0.1], suite="fast", seed=0, checks=False)
+    assert robust["figure"] == ref.robust_accuracy[0]

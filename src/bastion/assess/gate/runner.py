@@ -171,6 +171,8 @@ class _Run:
         t0 = time.perf_counter()
         ins = self.ins
         self.provenance["model"] = self.describe_file(ins.model)
+        if ins.backend is not None:  # where the sharded checks ran (the figures do not depend on it)
+            self.provenance["execution"] = ins.backend.describe()
         scan = self.record("scan", self.check_scan)
         self.record("signature", self.check_signature)
         model, why_not = None, ""
