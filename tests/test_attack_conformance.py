@@ -47,6 +47,7 @@ FACTORIES: dict[str, tuple[Callable[[str], Attack], tuple[str, ...]]] = {
     "DeepFool": (lambda n: evasion.DeepFool(n, steps=4), ("l2", "linf")),
     "FAB": (lambda n: evasion.FAB(n, steps=3, restarts=2), ("linf", "l2", "l1")),
     "FAB-T": (lambda n: evasion.FAB(n, steps=3, n_target_classes=2), ("linf",)),
+    "FABAtEpsilon": (lambda n: evasion.FABAtEpsilon(n, steps=3, n_target_classes=2), ("linf", "l2", "l1")),
     "Square": (lambda n: evasion.Square(n, queries=30), ("linf", "l2")),
     "HopSkipJump": (lambda n: evasion.HopSkipJump(n, queries=60, init_evals=8, max_evals=16, steps=3),
                     ("l2", "linf")),

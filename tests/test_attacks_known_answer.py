@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import bastion as bn
-from bastion.attacks.evasion import APGD, FAB, PGD, CarliniWagnerL2, DeepFool
+from bastion.attacks.evasion import APGD, FAB, PGD, CarliniWagnerL2, DeepFool, FABAtEpsilon
 
 DIM = 20
 N_POINTS = 48
@@ -78,7 +78,10 @@ def test_carlini_wagner_finds_the_analytic_l2_minimum(linear: tuple) -> None:
 @pytest.mark.parametrize("attack", [
     # L2 PGD from a random start needs ~20 steps of 0.25 eps to turn fully toward w (2 % band)
     PGD("linf", steps=10), PGD("l2", steps=20), APGD("linf", steps=20), APGD("l2", steps=20),
-], ids=lambda a: f"{a.name}-{a.norm.name}")
+    # FAB for a fixed radius (the autoattack suite's FAB-T) stops each point once inside the ball: it must
+    # still break every point below the minimum and, being sound, none above it.
+    FABAtEpsilon("linf", steps=10), FABAtEpsilon("l2", steps=10), FABAtEpsilon("l1", steps=10),
+], ids=lambda a: f"{type(a).__name__}-{a.norm.name}")
 def test_fixed_budget_attacks_succeed_exactly_below_the_minimum(linear: tuple, attack: bn.attacks.evasion.Attack) -> None:
     model, x, y, minimal = linear
     dmin = minimal[attack.norm.name]

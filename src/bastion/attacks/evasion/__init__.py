@@ -15,7 +15,7 @@ from bastion.attacks.evasion.base import (
 )
 from bastion.attacks.evasion.cw import CarliniWagnerL2
 from bastion.attacks.evasion.deepfool import DeepFool
-from bastion.attacks.evasion.fab import FAB
+from bastion.attacks.evasion.fab import FAB, FABAtEpsilon
 from bastion.attacks.evasion.fgsm import FGSM
 from bastion.attacks.evasion.hopskipjump import HopSkipJump
 from bastion.attacks.evasion.patch import AdversarialPatch
@@ -33,6 +33,7 @@ __all__ = [
     "AttackResult",
     "CarliniWagnerL2",
     "DeepFool",
+    "FABAtEpsilon",
     "FixedEpsilonAttack",
     "HopSkipJump",
     "MinimizationAttack",

@@ -65,7 +65,8 @@ def targeted_margin(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _sorted_desc(logits: Tensor) -> Tensor:
-    return logits.sort(dim=1, descending=True).values
+    # The ratios read the four largest logits at most; a partial sort is cheaper on every step.
+    return logits.topk(min(4, logits.shape[1]), dim=1).values
 
 
 def _rank(s: Tensor, k: int) -> Tensor:

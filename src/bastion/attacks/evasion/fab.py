@@ -23,7 +23,7 @@ from bastion.attacks.evasion._grad import (
     value_and_grad,
 )
 from bastion.attacks.evasion._losses import targeted_margin, top_other_classes
-from bastion.attacks.evasion.base import MinimizationAttack, is_adversarial
+from bastion.attacks.evasion.base import FixedEpsilonAttack, MinimizationAttack, is_adversarial
 from bastion.core.adapters import Model
 from bastion.core.threat import Norm
 
@@ -103,9 +103,13 @@ class FAB(MinimizationAttack):
       turn (one gradient per step; success is still "misclassified");
     - ``target=`` in the call: reach those classes;
     - ``restarts`` > 1 start again from random points at half the best distance found.
+
+    :class:`FABAtEpsilon` is the same search for a fixed radius (AutoAttack's use of FAB-T).
     """
 
     name = "FAB"
+    #: steps between two drops of finished examples in a fixed-radius search (each costs one host sync)
+    compact_every = 4
 
     def __init__(self, norm: str | Norm = "linf", steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 0, seed: int | None = 0, batch_size: int | None = None, *,
@@ -121,6 +125,14 @@ class FAB(MinimizationAttack):
             self.name = "FAB-T"
 
     def run_min(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        return self.search(model, x, y, target, None)
+
+    def search(self, model: Model, x: Tensor, y: Tensor, target: Tensor | None, stop_at: float | None) -> Tensor:
+        """The smallest adversarial found per example (``x`` where none was found).
+
+        With ``stop_at``, an example leaves the search as soon as it has an adversarial within that distance:
+        a fixed-radius evaluation needs nothing smaller, and every other example's search is unchanged.
+        """
         net = model.adaptive()
         logits = logits_of(net, x)
         found = is_adversarial(logits.argmax(dim=1), y, target)
@@ -133,37 +145,45 @@ class FAB(MinimizationAttack):
         else:
             guides = [None]
         lo, hi = model.bounds
+        # An example misclassified as it is has distance 0: nothing can beat it, so it is never searched.
+        limit = 0.0 if stop_at is None else stop_at
         first_gap: Tensor | None = None
         for guide in guides:
             for r in range(self.restarts):
-                start = x
+                rows = (best_norm > limit).nonzero().flatten()
+                if rows.numel() == 0:
+                    return best
+                start = x[rows]
                 if r > 0:
-                    # Half the best distance found so far, else half the first linearised estimate.
+                    # Half the best distance found so far, else half the first linearised estimate. Drawn for
+                    # the whole batch so a seed gives the same starts whichever examples are left.
                     fallback = first_gap if first_gap is not None else torch.zeros_like(best_norm)
                     radius = 0.5 * torch.where(torch.isfinite(best_norm), best_norm, fallback)
-                    start = (x + self.norm.random_start(x, radius)).clamp(lo, hi)
-                gap = self._descend(net, model.bounds, x, y, target, guide, start, best, best_norm)
+                    start = (x + self.norm.random_start(x, radius)).clamp(lo, hi)[rows]
+                gap = self._descend(net, model.bounds, rows, x, y, target, guide, start, best, best_norm, stop_at)
                 if first_gap is None:
-                    first_gap = gap
+                    first_gap = torch.zeros_like(best_norm)
+                    first_gap[rows] = gap
         return best
 
     def _hyperplane(self, net: Model, xi: Tensor, y: Tensor, target: Tensor | None,
-                    guide: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The linearised boundary to cross at ``xi``: g(z) ~ val + <w, z - xi>, adversarial side g > 0."""
+                    guide: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The linearised boundary to cross at ``xi`` (g(z) ~ val + <w, z - xi>, adversarial side g > 0)
+        and the logits at ``xi``."""
         if target is not None:
             tgt = target
 
             def toward_target(z: Tensor) -> Tensor:
                 return targeted_margin(z, tgt)
-            val, grad, _ = value_and_grad(net, xi, toward_target)
-            return val, flat(grad)
+            val, grad, logits = value_and_grad(net, xi, toward_target)
+            return val, flat(grad), logits
         if guide is not None:
             g_cls = guide
 
             def toward_guide(z: Tensor) -> Tensor:
                 return z.gather(1, g_cls.unsqueeze(1)).squeeze(1) - z.gather(1, y.unsqueeze(1)).squeeze(1)
-            val, grad, _ = value_and_grad(net, xi, toward_guide)
-            return val, flat(grad)
+            val, grad, logits = value_and_grad(net, xi, toward_guide)
+            return val, flat(grad), logits
         n = xi.shape[0]
         classes = torch.arange(net.infer_num_classes(xi), device=xi.device).expand(n, -1)
         logits, jac = class_gradients(net, xi, classes)
@@ -174,19 +194,31 @@ class FAB(MinimizationAttack):
         dist = dist.scatter(1, y.unsqueeze(1), float("inf"))
         pick = dist.argmin(dim=1)
         val = f.gather(1, pick.unsqueeze(1)).squeeze(1)
-        return val, w.gather(1, pick.reshape(n, 1, 1).expand(n, 1, w.shape[2])).squeeze(1)
+        return val, w.gather(1, pick.reshape(n, 1, 1).expand(n, 1, w.shape[2])).squeeze(1), logits
 
-    def _descend(self, net: Model, bounds: tuple[float, float], x: Tensor, y: Tensor, target: Tensor | None,
-                 guide: Tensor | None, start: Tensor, best: Tensor, best_norm: Tensor) -> Tensor:
-        """One FAB run from ``start``; updates ``best``/``best_norm`` in place. Returns the first
-        linearised distance estimate (a scale for random restarts)."""
+    def _descend(self, net: Model, bounds: tuple[float, float], rows: Tensor, x_all: Tensor, y_all: Tensor,
+                 target_all: Tensor | None, guide_all: Tensor | None, start: Tensor, best: Tensor,
+                 best_norm: Tensor, stop_at: float | None) -> Tensor:
+        """One FAB run from ``start`` on the examples ``rows``; updates ``best``/``best_norm`` in place.
+
+        Returns the first linearised distance estimate per row (a scale for random restarts).
+        """
         lo, hi = bounds
         name = self.norm.name
+
+        def pick(t: Tensor | None, r: Tensor) -> Tensor | None:
+            return None if t is None else t[r]
+
+        x, y = x_all[rows], y_all[rows]
+        target, guide = pick(target_all, rows), pick(guide_all, rows)
         x0 = flat(x)
         xi = start
-        first_gap = torch.zeros_like(best_norm)
+        first_gap = torch.zeros(rows.numel(), device=x.device, dtype=x.dtype)
+        live = torch.arange(rows.numel(), device=x.device)  # positions in ``rows`` still searched
         for k in range(self.steps):
-            val, w = self._hyperplane(net, xi, y, target, guide)
+            # The check at the new point cannot be merged with the next linearisation: the walk crosses the
+            # boundary on almost every step and then linearises at the point it steps back to, not there.
+            val, w, _ = self._hyperplane(net, xi, y, target, guide)
             xf = flat(xi)
             d_cur = project_to_hyperplane(name, w, -val, lo - xf, hi - xf)
             c_orig = -(val + (w * (x0 - xf)).sum(dim=1))
@@ -199,10 +231,43 @@ class FAB(MinimizationAttack):
             xn = ((1 - alpha) * (xf + self.eta * d_cur) + alpha * (x0 + self.eta * d_orig)).clamp(lo, hi)
             xn = xn.reshape(x.shape)
             adv = is_adversarial(logits_of(net, xn).argmax(dim=1), y, target)
+            at = rows[live]
             dist = self.norm.measure(xn - x)
-            better = adv & (dist < best_norm)
-            best.copy_(torch.where(bcast(better, x), xn, best))
-            best_norm.copy_(torch.where(better, dist, best_norm))
+            better = adv & (dist < best_norm[at])
+            best[at] = torch.where(bcast(better, x), xn, best[at])
+            best_norm[at] = torch.where(better, dist, best_norm[at])
             # Step back toward the input from an adversarial point; keep walking from a benign one.
             xi = torch.where(bcast(adv, x), (1 - self.beta) * x + self.beta * xn, xn)
+            if stop_at is not None and k % self.compact_every == self.compact_every - 1 and k < self.steps - 1:
+                # Examples with an adversarial inside the radius are finished: drop them from every tensor.
+                keep = (best_norm[at] > stop_at).nonzero().flatten()
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < live.numel():
+                    live, x, y, x0, xi = live[keep], x[keep], y[keep], x0[keep], xi[keep]
+                    target, guide = pick(target, keep), pick(guide, keep)
         return first_gap
+
+
+class FABAtEpsilon(FixedEpsilonAttack):
+    """FAB for a fixed radius, as AutoAttack runs FAB-T: an example is done once it has an adversarial
+    within ``eps`` (and, with ``n_target_classes``, is not searched toward the remaining guide classes).
+
+    Same parameters and search as :class:`FAB`; where no adversarial fits the ball the smallest one found
+    is returned (its projection onto the ball sometimes still fools the model; success is always measured).
+    """
+
+    name = "FAB"
+
+    def __init__(self, norm: str | Norm = "linf", steps: int = 100, restarts: int = 1,
+                 n_target_classes: int = 0, seed: int | None = 0, batch_size: int | None = None, *,
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> None:
+        super().__init__(norm, seed=seed, batch_size=batch_size)
+        self._fab = FAB(norm, steps, restarts, n_target_classes, seed, batch_size, alpha_max=alpha_max, eta=eta,
+                        beta=beta)
+        self.steps, self.restarts, self.n_target_classes = steps, restarts, n_target_classes
+        self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
+        self.name = self._fab.name
+
+    def run(self, model: Model, x: Tensor, y: Tensor, eps: float, target: Tensor | None) -> Tensor:
+        return self._fab.search(model, x, y, target, eps)
