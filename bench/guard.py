@@ -428,6 +428,10 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{two['audit_wait']['wall_p99_us'] / 1000:.2f} ms; gateway CPU over plain wrapper p50 "
                      f"{st['gateway_no_detectors']['added_cpu_p50_us']:.0f} µs (no detectors), "
                      f"{st['gateway_two_detectors']['added_cpu_p50_us']:.0f} µs (two)")
+        slow = [k for k, v in st.items() if isinstance(v, dict) and v["achieved_rps"] < 0.9 * args.rate]
+        if slow:  # an open-loop driver above capacity: the waits are queueing, read the CPU figures
+            parts.append(f"SATURATED below {args.rate:.0f} req/s in-process: " + ", ".join(
+                f"{k} {st[k]['achieved_rps']:.0f} req/s" for k in slow))
     load = r.get("load_before", (float("nan"),))[0]
     return (f"| guard | {r['device']}, load {load:.1f}, ~{args.rate:.0f} req/s, digits CNN | " + " · ".join(parts)
             + f" | `{r['command']}` |")
