@@ -215,3 +215,28 @@ def test_answered_records_survive_kill_9(tmp_path: Path) -> None:
     assert not missing, f"{len(missing)} answered records lost, e.g. {missing[:3]}"
     assert verify(engine).ok
     engine.dispose()
+
+
+def test_failed_commit_fails_its_requests_and_the_writer_recovers(tmp_path: Path) -> None:
+    """A commit that fails raises in every request waiting on it (the gateway answers 503, never a 2xx
+    without a record); the writer thread survives and the next commit works."""
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    migrate(engine)
+    log = AuditLog(engine).start()
+
+    async def some(n: int, base: int) -> list[Any]:
+        return list(await asyncio.gather(*(log.append(_entry(base + i)) for i in range(n)), return_exceptions=True))
+
+    assert asyncio.run(some(3, 1)) == [1, 2, 3]
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE guard_audit_head RENAME TO moved_away"))
+    failed = asyncio.run(some(4, 10))
+    assert all(isinstance(r, Exception) for r in failed), failed
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE moved_away RENAME TO guard_audit_head"))
+    assert asyncio.run(some(2, 20)) == [4, 5]
+    log.stop()
+    assert verify(engine).ok and verify(engine).records == 5
+    engine.dispose()
