@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pydantic_core
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from bastion.core.adapters import Model
 from bastion.guard.audit import AuditLog
 from bastion.guard.config import GuardConfig
-from bastion.guard.detectors import Detector, to_probs
+from bastion.guard.detectors import Detector, forward, to_probs
 from bastion.guard.keys import Authenticator, KeyInfo, KeyStore
 from bastion.guard.live import Live
 from bastion.guard.ratelimit import Limit, RateLimiter
@@ -65,6 +66,14 @@ class _Metrics:
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.detections = Counter("bastion_guard_detections", "Detector firings by detector and action",
                                   ["detector", "action"], registry=self.registry)
+
+
+class _JSON(JSONResponse):
+    """JSONResponse rendered by pydantic-core's serialiser: a third of the time of ``json.dumps`` on an
+    inference answer, with no new dependency (FastAPI already needs pydantic)."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
 
 
 class _BodyLimit:
@@ -251,7 +260,8 @@ def create_app(gw: Gateway) -> FastAPI:
             request.state.input_data = json.dumps(arr.tolist())
         x = torch.from_numpy(arr)
         with torch.no_grad():
-            scores = model.scores(x).float()
+            # model.scores(x), keeping the penultimate features for feature-space detectors (one forward pass)
+            scores = forward(model, x).float()
         probs = to_probs(scores)
         fired: list[Detector] = []
         all_scores: dict[str, float] = {}
@@ -289,7 +299,7 @@ def create_app(gw: Gateway) -> FastAPI:
                             {"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
                 "parameters": {"audit_seq": seq, "decision": decision, "flags": flags,
                                "output_policy": policy.describe()}}
-        return JSONResponse(resp, headers={"X-Audit-Seq": str(seq)})
+        return _JSON(resp, headers={"X-Audit-Seq": str(seq)})
 
     @app.get("/metrics", tags=["health"])
     async def prometheus() -> Response:
