@@ -41,6 +41,9 @@ from bastion.zoo.models import MLP, SmallCNN
 from bastion.zoo.train import accuracy, train
 
 MIA_EPOCHS = 100
+#: the Knockoff seed that also runs the adaptive strategy and the transfer attack (they cost one more run each)
+FIRST_SEED = 0
+PARTS = ("equation", "fee", "inversion", "knockoff", "mia")
 
 
 def _mlp() -> nn.Module:
@@ -92,8 +95,8 @@ def membership(args: argparse.Namespace, log: dict[str, Any]) -> None:
         r = attack.run(target, (xm[ev_m], ym[ev_m]), (xn[ev_n], yn[ev_n]))
         res[r.attack] = _summ(r)
     res["LiRA (online)"]["seconds_incl_shadows"] = time.perf_counter() - t
-    for attack in (LossThreshold(), ConfidenceThreshold()):
-        r = attack.run(target, (xm[ev_m], ym[ev_m]), (xn[ev_n], yn[ev_n]))
+    for threshold in (LossThreshold(), ConfidenceThreshold()):
+        r = threshold.run(target, (xm[ev_m], ym[ev_m]), (xn[ev_n], yn[ev_n]))
         res["Bastion " + r.attack] = _summ(r)
     from art.attacks.inference.membership_inference import (
         LabelOnlyDecisionBoundary,
@@ -165,47 +168,187 @@ def equation(log: dict[str, Any]) -> None:
                                       "counterpart for logistic regression"}
 
 
-def knockoff(args: argparse.Namespace, log: dict[str, Any]) -> None:
-    ds = digits()
-    half = ds.x_train.shape[0] // 2
-    victim = train(SmallCNN(), ds.x_train[:half], ds.y_train[:half], epochs=20, seed=0)
-    pool = ds.x_train[half:]
-    budgets = sorted(args.budgets)
-    out: dict[str, Any] = {"victim_test_accuracy": accuracy(victim, ds.x_test, ds.y_test), "pool": int(pool.shape[0])}
-    for strategy in ("random", "adaptive"):
-        t = time.perf_counter()
-        r = KnockoffNets(strategy, epochs=args.epochs, seed=0).run(victim, pool, budgets, eval_x=ds.x_test,
-                                                                  eval_y=ds.y_test)
-        out[f"bastion_{strategy}"] = {"curve": [p.to_dict() for p in r.curve], "seconds": time.perf_counter() - t}
-        if strategy == "random":
-            tr = transfer_from_copy(r.copy, victim, ds.x_test, ds.y_test, epsilon=0.2)
-            out["transfer_from_bastion_random_copy"] = tr.to_dict()
+def _art_knockoff(victim: nn.Module, queries: np.ndarray, budget: int, epochs: int, seed: int,
+                  x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, Any]:
     from art.attacks.extraction import KnockoffNets as ArtKnockoff
 
-    gen = torch.Generator().manual_seed(1)
-    mixes = []
-    need = max(budgets) - pool.shape[0]
-    a = torch.randint(0, pool.shape[0], (need,), generator=gen)
-    b = torch.randint(0, pool.shape[0], (need,), generator=gen)
-    lam = torch.rand(need, 1, 1, 1, generator=gen)
-    mixes.append(lam * pool[a] + (1 - lam) * pool[b])
-    queries = torch.cat([pool[torch.randperm(pool.shape[0], generator=gen)], *mixes]).numpy()
+    t = time.perf_counter()
+    torch.manual_seed(seed)
     # ART's KnockoffNets reads the victim's output as probabilities: give it the softmax, as an API would
     victim_clf = _art_classifier(nn.Sequential(victim, nn.Softmax(dim=1)), (1, 8, 8), 10)
-    art_curve = []
-    for budget in budgets:
-        t = time.perf_counter()
-        thief = _art_classifier(SmallCNN(), (1, 8, 8), 10)
-        atk = ArtKnockoff(victim_clf, batch_size_fit=128, batch_size_query=256, nb_epochs=args.epochs, nb_stolen=budget,
-                          sampling_strategy="random", use_probability=True, verbose=False)
-        stolen = atk.extract(queries[:budget], thieved_classifier=thief)
-        pred = stolen.predict(ds.x_test.numpy()).argmax(1)
-        with torch.no_grad():
-            vpred = victim(ds.x_test).argmax(1).numpy()
-        art_curve.append({"queries": budget, "fidelity": float((pred == vpred).mean()),
-                          "accuracy": float((pred == ds.y_test.numpy()).mean()), "seconds": time.perf_counter() - t})
-    out["art_random"] = {"curve": art_curve}
+    thief = _art_classifier(SmallCNN(), (1, 8, 8), 10)
+    atk = ArtKnockoff(victim_clf, batch_size_fit=128, batch_size_query=256, nb_epochs=epochs, nb_stolen=budget,
+                      sampling_strategy="random", use_probability=True, verbose=False)
+    stolen = atk.extract(queries[:budget], thieved_classifier=thief)
+    pred = stolen.predict(x_test.numpy()).argmax(1)
+    with torch.no_grad():
+        vpred = victim(x_test).argmax(1).numpy()
+    return {"queries": budget, "fidelity": float((pred == vpred).mean()),
+            "accuracy": float((pred == y_test.numpy()).mean()), "seconds": time.perf_counter() - t}
+
+
+def knockoff(args: argparse.Namespace, log: dict[str, Any]) -> None:
+    """Per seed: a victim trained with that seed, the same queries for Bastion and ART (the random stream
+    Bastion draws: pool records without replacement, then mixtures of two), the same epochs per budget."""
+    from bastion.attacks.extraction.knockoff import _QueryStream
+
+    ds = digits()
+    half = ds.x_train.shape[0] // 2
+    pool = ds.x_train[half:]
+    budgets = sorted(args.budgets)
+    out: dict[str, Any] = {"pool": int(pool.shape[0]), "held_out": int(ds.x_test.shape[0]), "seeds": args.seeds,
+                           "ensemble": args.ensemble,
+                           "epochs": {b: _epochs(args, b) for b in budgets},
+                           "runs": []}
+    for seed in args.seeds:
+        victim = train(SmallCNN(), ds.x_train[:half], ds.y_train[:half], epochs=20, seed=seed)
+        run: dict[str, Any] = {"seed": seed, "victim_test_accuracy": accuracy(victim, ds.x_test, ds.y_test)}
+        queries = _QueryStream(pool, torch.Generator().manual_seed(seed)).take(budgets[-1]).numpy()
+        for b in budgets:
+            t = time.perf_counter()
+            r = KnockoffNets("random", epochs=_epochs(args, b), seed=seed, ensemble=args.ensemble).run(
+                victim, pool, [b], eval_x=ds.x_test, eval_y=ds.y_test)
+            run.setdefault("bastion_random", []).append({**r.curve[0].to_dict(), "queries_spent": r.queries,
+                                                         "seconds": time.perf_counter() - t})
+            run.setdefault("art_random", []).append(
+                _art_knockoff(victim, queries, b, _epochs(args, b), seed, ds.x_test, ds.y_test))
+            if seed == FIRST_SEED and b == budgets[-1]:
+                tr = transfer_from_copy(r.copy, victim, ds.x_test, ds.y_test, epsilon=0.2)
+                out["transfer_from_bastion_random_copy"] = {**tr.to_dict(), "seed": seed, "queries": b}
+        if seed == FIRST_SEED:
+            t = time.perf_counter()
+            r = KnockoffNets("adaptive", epochs=args.large_epochs, seed=seed).run(victim, pool, budgets, eval_x=ds.x_test,
+                                                                            eval_y=ds.y_test)
+            run["bastion_adaptive_single_copy"] = {"curve": [p.to_dict() for p in r.curve],
+                                                   "seconds": time.perf_counter() - t}
+        out["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    out["medians"] = _knockoff_medians(out["runs"], budgets)
     log["knockoff"] = out
+
+
+def _knockoff_medians(runs: list[dict[str, Any]], budgets: list[int]) -> dict[str, Any]:
+    med: dict[str, Any] = {}
+    for b_i, b in enumerate(budgets):
+        bas = [r["bastion_random"][b_i]["fidelity"] for r in runs]
+        art = [r["art_random"][b_i]["fidelity"] for r in runs]
+        singles = [f for r in runs for f in (r["bastion_random"][b_i].get("member_fidelity") or [])]
+        med[str(b)] = {"bastion_median": float(np.median(bas)), "art_median": float(np.median(art)),
+                       "bastion_single_copy_median": float(np.median(singles)) if singles else None,
+                       "bastion_ge_art_seeds": int(sum(x >= y for x, y in zip(bas, art, strict=True))),
+                       "seeds": len(bas), "bar_met": bool(np.median(bas) >= np.median(art))}
+    return med
+
+
+def _epochs(args: argparse.Namespace, budget: int) -> int:
+    return args.epochs if budget < 5000 else args.large_epochs
+
+
+def inversion(args: argparse.Namespace, log: dict[str, Any]) -> None:
+    """MI-Face on the digits CNN: Bastion white-box and black-box vs ART's MIFace, judged by the same
+    yardsticks: distance / SSIM to each class's training mean and an independent classifier's accuracy
+    on the reconstructions (trained on the other half of the training split, which the victim never saw)."""
+    from art.attacks.inference.model_inversion import MIFace as ArtMIFace
+
+    from bastion.attacks.inference.inversion import InversionResult, MIFace, inversion_quality
+
+    ds = digits()
+    half = ds.x_train.shape[0] // 2
+    xv, yv = ds.x_train[:half], ds.y_train[:half]
+    victim = train(SmallCNN(), xv, yv, epochs=20, seed=0)
+    evaluator = train(MLP(64, 10), ds.x_train[half:], ds.y_train[half:], epochs=60, seed=1)
+    res: dict[str, Any] = {"evaluator_test_accuracy": accuracy(evaluator, ds.x_test, ds.y_test)}
+    keep = ("mean_mse_to_class_mean", "mean_baseline_mse", "mean_ssim_to_class_mean", "nearest_mean_is_own_class",
+            "evaluator_accuracy")
+    for blackbox in (False, True):
+        t = time.perf_counter()
+        r = MIFace(blackbox=blackbox).run(victim, (1, 8, 8))
+        q = inversion_quality(r, xv, yv, evaluator)
+        res[r.attack] = {**{k: q.get(k) for k in keep}, "queries": r.queries,
+                         "mean_confidence": float(np.mean(r.confidence)), "seconds": time.perf_counter() - t}
+    for start, label in ((0.0, "zeros, ART's default"), (0.5, "grey 0.5, Bastion's start")):
+        t = time.perf_counter()
+        clf = _art_classifier(victim, (1, 8, 8), 10)
+        art = ArtMIFace(clf, max_iter=args.miface_iter, window_length=100, threshold=0.99, learning_rate=0.1,
+                        batch_size=10, verbose=False)
+        x0 = np.full((10, 1, 8, 8), start, dtype=np.float32)
+        rec = torch.from_numpy(np.asarray(art.infer(x0, np.arange(10)), dtype=np.float32))
+        with torch.no_grad():
+            conf = victim(rec).softmax(1)[torch.arange(10), torch.arange(10)]
+        ar = InversionResult(attack=f"ART MIFace (start {label})", classes=list(range(10)), reconstructions=rec,
+                             confidence=[float(c) for c in conf], queries=0)
+        q = inversion_quality(ar, xv, yv, evaluator)
+        res[ar.attack] = {**{k: q.get(k) for k in keep}, "mean_confidence": float(conf.mean()),
+                          "max_iter": args.miface_iter, "seconds": time.perf_counter() - t}
+    log["inversion"] = res
+
+
+FEE_HIDDEN = 16
+#: ART's critical-point search runs until it has found every hidden unit; stop it here and say so
+FEE_MAX_QUERIES = 200_000
+FEE_MAX_SECONDS = 300.0
+
+
+class _Counting(nn.Module):
+    """Counts the rows ART sends (its queries) and stops the attack past the caps; float32 like the model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = 0
+        self.start = time.perf_counter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += int(x.shape[0])
+        if self.rows > FEE_MAX_QUERIES or time.perf_counter() - self.start > FEE_MAX_SECONDS:
+            raise TimeoutError(f"stopped by the benchmark after {self.rows} queries, "
+                               f"{time.perf_counter() - self.start:.0f} s (caps {FEE_MAX_QUERIES}, {FEE_MAX_SECONDS:.0f} s)")
+        return self.inner(x.float())
+
+
+def functionally_equivalent(log: dict[str, Any]) -> None:
+    """ART's FunctionallyEquivalentExtraction (Jagielski et al. 2020) recovers a ReLU net with ONE hidden
+    layer from its logits. None of the victims above has that shape, so it runs on a victim built for it
+    (digits, 64-16-10 ReLU MLP, logits exposed, the shape of ART's own example), next to Bastion's Knockoff
+    at the same query count (or the cap)."""
+    from art.attacks.extraction import FunctionallyEquivalentExtraction
+    from art.estimators.classification import PyTorchClassifier
+
+    out: dict[str, Any] = {"applies_to_benchmark_victims": {
+        "digits SmallCNN (Knockoff victim)": "no: two convolutions and two dense layers; FEE needs one hidden ReLU layer",
+        "digits MLP(128, 64) (MIA victim)": "no: two hidden layers",
+        "breast-cancer logistic regression": "no hidden layer: equation solving is the exact attack (above)"}}
+    ds = digits(flatten=True)
+    half = ds.x_train.shape[0] // 2
+    net = train(MLP(64, 10, hidden=(FEE_HIDDEN,)), ds.x_train[:half], ds.y_train[:half], epochs=100, lr=3e-3, seed=0)
+    out["victim"] = f"MLP 64-{FEE_HIDDEN}-10 ReLU, test accuracy {accuracy(net, ds.x_test, ds.y_test):.3f}"
+    counted = _Counting(net)
+    # no clip values: the critical-point search walks along lines that leave the data box
+    clf = PyTorchClassifier(model=counted, loss=nn.CrossEntropyLoss(), input_shape=(64,), nb_classes=10,
+                            device_type="cpu")
+    t = time.perf_counter()
+    np.random.seed(0)
+    with torch.no_grad():
+        vpred = net(ds.x_test).argmax(1).numpy()
+    try:
+        fee = FunctionallyEquivalentExtraction(clf, num_neurons=FEE_HIDDEN)
+        counted.start = time.perf_counter()
+        stolen = fee.extract(ds.x_train[half:].numpy().astype(np.float64))
+        queries = counted.rows
+        pred = np.asarray(stolen.predict(ds.x_test.numpy().astype(np.float64))).argmax(1)
+        out["art_fee"] = {"fidelity": float((pred == vpred).mean()), "queries": queries}
+    except Exception as e:  # ART raises AssertionError when its critical-point search finds the wrong count
+        out["art_fee"] = {"failed": f"{type(e).__name__}: {e}"[:300], "queries": counted.rows}
+    out["art_fee"]["seconds"] = time.perf_counter() - t
+    budget = max(100, min(out["art_fee"]["queries"], 10000))
+    t = time.perf_counter()
+    r = KnockoffNets("random", seed=0, ensemble=3).run(net, ds.x_train[half:], [budget], eval_x=ds.x_test,
+                                                       eval_y=ds.y_test)
+    out["bastion_knockoff"] = {"fidelity": r.fidelity, "queries": r.queries, "seconds": time.perf_counter() - t,
+                               "note": "Bastion has no functionally-equivalent attack for ReLU nets: its Knockoff "
+                                       "copy at ART's query count, at most 10k"}
+    out["held_out"] = int(ds.x_test.shape[0])
+    log["functionally_equivalent"] = out
 
 
 def main() -> None:
@@ -214,19 +357,45 @@ def main() -> None:
     p.add_argument("--dp-shadows", type=int, default=8)
     p.add_argument("--label-only-n", type=int, default=40)
     p.add_argument("--budgets", type=int, nargs="+", default=[1000, 10000])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="copy training epochs below 5k queries (both tools)")
+    p.add_argument("--large-epochs", type=int, default=10, help="copy training epochs at >= 5k queries (both tools)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Knockoff: one victim and copy per seed")
+    p.add_argument("--ensemble", type=int, default=3, help="Bastion Knockoff: copies averaged")
+    p.add_argument("--miface-iter", type=int, default=1000)
+    p.add_argument("--merge", type=Path, nargs="+", help="print the row of these JSON logs merged, run nothing")
     p.add_argument("--out", type=Path, default=Path("bench/out/privacy.json"))
-    p.add_argument("--only", choices=["mia", "equation", "knockoff"], nargs="*")
+    p.add_argument("--only", choices=PARTS, nargs="*")
     args = p.parse_args()
+    if args.merge:
+        merged: dict[str, Any] = {}
+        commands = []
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            commands.append(part["command"])
+            runs = merged.get("knockoff", {}).get("runs", []) + part.get("knockoff", {}).get("runs", [])
+            knock = {**merged.get("knockoff", {}), **part.get("knockoff", {})}
+            merged.update(part)
+            if knock:
+                # Knockoff seeds run in separate processes: pool their runs, medians over all of them
+                budgets = [p["queries"] for p in runs[0]["bastion_random"]]
+                merged["knockoff"] = {**knock, "runs": runs, "seeds": [r["seed"] for r in runs],
+                                      "medians": _knockoff_medians(runs, budgets)}
+        merged["command"] = " + ".join(commands)
+        print(row(merged))
+        return
     torch.set_num_threads(1)
     torch.manual_seed(0)
     log: dict[str, Any] = {"date": dt.date.today().isoformat(), "command": " ".join(sys.argv),
                            "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread",
                            "torch": torch.__version__}
     t0 = time.perf_counter()
-    parts = args.only or ["equation", "knockoff", "mia"]
+    parts = args.only or list(PARTS)
     if "equation" in parts:
         equation(log)
+    if "fee" in parts:
+        functionally_equivalent(log)
+    if "inversion" in parts:
+        inversion(args, log)
     if "knockoff" in parts:
         knockoff(args, log)
     if "mia" in parts:
@@ -255,15 +424,33 @@ def row(log: dict[str, Any]) -> str:
     if "equation_solving" in log:
         e = log["equation_solving"]
         cells.append(f"LR extraction: fidelity {e['fidelity']:.3f} with {e['queries']} queries (d={e['features']})")
+    if "functionally_equivalent" in log:
+        f = log["functionally_equivalent"]
+        a = f["art_fee"]
+        art_txt = (f"fidelity {a['fidelity']:.3f} with {a['queries']} queries" if "fidelity" in a
+                   else f"no copy ({a['failed'][:120]})")
+        cells.append(f"ART FEE applies to none of the victims (needs one hidden ReLU layer); on a digits "
+                     f"{f['victim']}: ART FEE {art_txt} vs Bastion Knockoff {f['bastion_knockoff']['fidelity']:.3f} "
+                     f"with {f['bastion_knockoff']['queries']} queries")
+    if "inversion" in log:
+        parts = []
+        for name, v in log["inversion"].items():
+            if isinstance(v, dict):
+                parts.append(f"{name}: SSIM {v['mean_ssim_to_class_mean']:.3f}, MSE {v['mean_mse_to_class_mean']:.4f}, "
+                             f"held-out clf {v['evaluator_accuracy']:.0%}")
+        cells.append("MI-Face on digits CNN: " + "; ".join(parts))
     if "knockoff" in log:
         k = log["knockoff"]
-        for i, pt in enumerate(k["bastion_random"]["curve"]):
-            art = k["art_random"]["curve"][i]
-            ada = k["bastion_adaptive"]["curve"][i]
-            cells.append(f"Knockoff {pt['queries']}: fidelity {pt['fidelity']:.3f} (adaptive {ada['fidelity']:.3f}) vs "
-                         f"ART {art['fidelity']:.3f}")
+        for b, m in k["medians"].items():
+            cells.append(f"Knockoff {b} queries, median of {m['seeds']} seeds: Bastion {m['bastion_median']:.3f} "
+                         f"(single copy {m['bastion_single_copy_median']:.3f}) vs ART {m['art_median']:.3f} "
+                         f"(≥ ART on {m['bastion_ge_art_seeds']}/{m['seeds']}; bar {'met' if m['bar_met'] else 'NOT met'})")
+        ada = next((r["bastion_adaptive_single_copy"] for r in k["runs"] if "bastion_adaptive_single_copy" in r), None)
+        if ada:
+            cells.append("adaptive (seed 0, single copy): " + ", ".join(f"{p['queries']}: {p['fidelity']:.3f}"
+                                                                        for p in ada["curve"]))
         cells.append(f"transfer PGD ε=0.2 from copy: {k['transfer_from_bastion_random_copy']['success_on_victim']:.1%}")
-    return (f"| {log['date']} | privacy: digits MLP overfit on 500 (MIA), breast-cancer LR, digits SmallCNN (Knockoff) "
+    return (f"| {log['date']} | privacy: digits MLP overfit on 500 (MIA), breast-cancer LR, digits SmallCNN (Knockoff, MI-Face) "
             f"| {log['device']} | `{log['command']}` | " + " · ".join(cells) + " |")
 
 
