@@ -83,6 +83,9 @@ class KeyStore:
 
     def __init__(self, engine: Engine, redis: Any = None) -> None:
         self.engine = engine
+        # Writers take SQLite's write lock at BEGIN: a revoke that upgrades a read lock under traffic fails
+        # with "database is locked" instead of waiting its turn.
+        self.writer = engine.execution_options(write=True)
         self.redis = redis
 
     def create(self, name: str, scopes: list[str] | tuple[str, ...], *, rate: float | None = None,
@@ -108,7 +111,7 @@ class KeyStore:
         row = ApiKey(key_id=key_id, name=name, scopes=",".join(scopes), salt=salt, secret_hash=_hash(secret, salt),
                      created_at=datetime.now(timezone.utc), revoked_at=None, rate=rate, burst=burst,
                      daily_budget=daily_budget, output_policy=output_policy)
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             s.add(row)
             info = _info(row)
         return f"{PREFIX}_{key_id}_{secret}", info
@@ -123,7 +126,7 @@ class KeyStore:
             return None if row is None else _info(row)
 
     def revoke(self, key_id: str) -> KeyInfo:
-        with Session(self.engine) as s, s.begin():
+        with Session(self.writer) as s, s.begin():
             row = s.get(ApiKey, key_id)
             if row is None:
                 raise InputError("key_id", key_id, "the id of an existing key (see `bastion keys list`)")
