@@ -449,7 +449,10 @@ def row(log: dict[str, Any]) -> str:
         if ada:
             cells.append("adaptive (seed 0, single copy): " + ", ".join(f"{p['queries']}: {p['fidelity']:.3f}"
                                                                         for p in ada["curve"]))
-        cells.append(f"transfer PGD ε=0.2 from copy: {k['transfer_from_bastion_random_copy']['success_on_victim']:.1%}")
+        if "transfer_from_bastion_random_copy" in k:
+            tr = k["transfer_from_bastion_random_copy"]
+            cells.append(f"transfer PGD ε=0.2 from the seed-{tr['seed']} {tr['queries']}-query copy fools the victim "
+                         f"on {tr['success_on_victim']:.1%}")
     return (f"| {log['date']} | privacy: digits MLP overfit on 500 (MIA), breast-cancer LR, digits SmallCNN (Knockoff, MI-Face) "
             f"| {log['device']} | `{log['command']}` | " + " · ".join(cells) + " |")
 
