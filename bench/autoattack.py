@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 import bastion as bn
 
-CONTESTANTS = ("bastion", "original", "torchattacks")
+CONTESTANTS = ("bastion", "bastion-ta", "original", "torchattacks")
 
 
 def train_robust(eps: float, epochs: int, width: int, seed: int) -> nn.Module:
@@ -100,6 +100,25 @@ def run_bastion(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -
     return out
 
 
+def run_bastion_ta(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
+    """Bastion's autoattack composition at torchattacks' budgets (its members' class defaults: 10 steps for
+    APGD-CE, APGD-T and FAB-T, 5000 Square queries), so the port is also compared like for like."""
+    from bastion.attacks import evasion as ev
+
+    suite = [ev.APGD(norm="linf", loss="ce", steps=10, seed=seed),
+             ev.APGD(norm="linf", loss="dlr", steps=10, n_target_classes=9, seed=seed),
+             ev.FAB(norm="linf", steps=10, n_target_classes=9, seed=seed),
+             ev.Square(norm="linf", queries=5000, seed=seed)]
+
+    def go() -> float:
+        res = bn.evaluate(model, x, y, epsilons=[eps], suite=suite, checks=False, keep_examples=0, seed=seed)
+        return _robust(model, res.x_adv, x, y, eps)
+
+    out = _timed(go)
+    out["budgets"] = {"apgd_ce_steps": 10, "apgd_t_steps": 10, "fab_t_steps": 10, "square_queries": 5000}
+    return out
+
+
 def run_original(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> dict[str, Any]:
     # By module name: this script is itself called autoattack.py (see main() for the import path).
     aa = importlib.import_module("autoattack").AutoAttack(model, norm="Linf", eps=eps, version="standard", device="cpu", verbose=False, seed=seed)
@@ -123,7 +142,7 @@ def run_torchattacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: i
 
 
 RUNNERS: dict[str, Callable[[nn.Module, Tensor, Tensor, float, int], dict[str, Any]]] = {
-    "bastion": run_bastion, "original": run_original, "torchattacks": run_torchattacks}
+    "bastion": run_bastion, "bastion-ta": run_bastion_ta, "original": run_original, "torchattacks": run_torchattacks}
 
 
 def available(name: str) -> str | None:
