@@ -187,6 +187,12 @@ def _row(summary: dict[str, Any], args: argparse.Namespace, load: tuple[float, f
                 continue
             parts.append(f"{label} {100 * p['robust_accuracy']:.1f} % in {p['cpu_s']:.0f} s CPU "
                          f"({p['wall_s']:.0f} s wall; Bastion/{name} CPU {b['cpu_s'] / p['cpu_s']:.2f}×)")
+        ta, tp = per.get("bastion-ta"), per.get("torchattacks")
+        if ta is not None:
+            same = f"Bastion at torchattacks' budgets {100 * ta['robust_accuracy']:.1f} % in {ta['cpu_s']:.0f} s CPU"
+            if tp is not None:
+                same += f" (vs torchattacks CPU {ta['cpu_s'] / tp['cpu_s']:.2f}×)"
+            parts.append(same)
         cells.append(" vs ".join(parts))
     return (f"| {dt.date.today().isoformat()} | `evaluate --suite autoattack` vs AutoAttack: PGD-AT (ε=0.1) SmallCNN on "
             f"digits, L-inf, n={args.n}, medians of {args.rounds} interleaved rounds | CPU, 1 thread, shared 2-core "
