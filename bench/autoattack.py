@@ -53,17 +53,10 @@ from torch import Tensor, nn
 
 import bastion as bn
 
+# bench/evaluate.py's PGD-AT digits CNN; imported here, before main() takes bench/ off sys.path
+from evaluate import train_robust
+
 CONTESTANTS = ("bastion", "bastion-ta", "original", "torchattacks")
-
-
-def train_robust(eps: float, epochs: int, width: int, seed: int) -> nn.Module:
-    """PGD-AT SmallCNN on the digits, as in bench/evaluate.py."""
-    data = bn.datasets.digits()
-    torch.manual_seed(seed)
-    trainer = bn.defenses.AdversarialTrainer("pgd", eps=eps, steps=7, epochs=epochs, seed=seed, val_fraction=0.0)
-    trainer.fit(bn.zoo.SmallCNN(1, 10, 8, width=width), data.x_train, data.y_train)
-    model: nn.Module = trainer.model_
-    return model.eval()
 
 
 def _robust(model: nn.Module, x_adv: Tensor, x: Tensor, y: Tensor, eps: float) -> float:

@@ -56,6 +56,17 @@ def boundary_probes(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed
     return out[keep]
 
 
+def digits_victim() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The digits CNN both monitor benches watch, its reference inputs, and the traffic pool (inputs, labels):
+    one seeded split of all 1,797 digits into 900 training, 400 reference and the rest as traffic."""
+    d = bn.datasets.digits()
+    x, y = torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, ref, pool = perm[:900], perm[900:1300], perm[1300:]
+    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8, width=16), x[tr], y[tr], epochs=15, lr=2e-3, seed=0)
+    return net, x[ref], x[pool], y[pool]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--alpha", type=float, default=0.01)
@@ -65,14 +76,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/monitor.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = bn.datasets.digits()
-    x, y = torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, ref, pool = perm[:900], perm[900:1300], perm[1300:]
-    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8, width=16), x[tr], y[tr], epochs=15, lr=2e-3, seed=0)
-    xp, yp = x[pool], y[pool]
+    net, xref, xp, yp = digits_victim()
     t0 = time.perf_counter()
-    base = Baseline(alpha=args.alpha).fit_model(net, x[ref])
+    base = Baseline(alpha=args.alpha).fit_model(net, xref)
     fit_s = time.perf_counter() - t0
     torch.manual_seed(1)
     _, (pgd_small, pgd), _ = bn.attacks.PGD(norm="linf", steps=10)(net, xp, yp, epsilons=[0.03, 0.1])

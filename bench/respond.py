@@ -84,12 +84,7 @@ def main() -> None:
     from bastion.registry import Registry
     from bastion.respond import ResponseState, resolve
 
-    d = bn.datasets.digits()
-    x, y = torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, ref, pool = perm[:900], perm[900:1300], perm[1300:]
-    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8, width=16), x[tr], y[tr], epochs=15, lr=2e-3, seed=0)
-    xp, yp = x[pool], y[pool]
+    net, xref, xp, yp = monitor_bench.digits_victim()
     tmp = Path(tempfile.mkdtemp(prefix="bastion-bench-respond-"))
     priv, pub = bn.sign.keys.keygen(tmp / "release")
     db, store = f"sqlite:///{tmp / 'bastion.db'}", str(tmp / "store")
@@ -101,7 +96,7 @@ def main() -> None:
         bn.sign.sign_model(folder, priv)
         reg.push(folder, "digits", v, public_key=pub)
         reg.promote("digits", v, to="production")
-    np.savez(tmp / "ref.npz", x=x[ref].numpy())
+    np.savez(tmp / "ref.npz", x=xref.numpy())
     server, url, arrivals = receiver()
     (tmp / "guard.yaml").write_text(yaml.safe_dump({
         "audit_sync": "normal", "defaults": {"rate": 100000, "burst": 100000},
