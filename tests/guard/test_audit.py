@@ -165,7 +165,7 @@ import asyncio, json, sys
 from bastion.guard.audit import AuditLog
 from bastion.guard.db import make_engine
 
-log = AuditLog(make_engine(sys.argv[1])).start()
+log = AuditLog(make_engine(sys.argv[1], sys.argv[2].upper()), sync=sys.argv[2]).start()
 
 async def one(i):
     seq = await log.append({"request_id": f"c{i}", "key_id": "k", "client": "127.0.0.1", "model_name": "m",
@@ -184,9 +184,11 @@ asyncio.run(main())
 """
 
 
-def test_answered_records_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_answered_records_survive_kill_9(tmp_path: Path, sync: str) -> None:
     """Every append that returned (the point a 2xx is sent) is in the database after SIGKILL mid-stream,
-    and the chain verifies: the future is resolved only after the durable commit."""
+    and the chain verifies: the future is resolved only after the commit (inline on the event loop with
+    ``normal``, on the writer thread with ``full``)."""
     import signal
     import subprocess
     import sys
@@ -194,7 +196,7 @@ def test_answered_records_survive_kill_9(tmp_path: Path) -> None:
 
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     migrate(make_engine(db))
-    proc = subprocess.Popen([sys.executable, "-c", _CRASH_CHILD, db], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_CHILD, db, sync], stdout=subprocess.PIPE, text=True)
     acked: list[tuple[int, str]] = []
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -217,14 +219,16 @@ def test_answered_records_survive_kill_9(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_failed_commit_fails_its_requests_and_the_writer_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_failed_commit_fails_its_requests_and_the_writer_recovers(tmp_path: Path, sync: str) -> None:
     """A commit that fails raises in every request waiting on it (the gateway answers 503, never a 2xx
-    without a record); the writer thread survives and the next commit works."""
+    without a record); the writer (thread, or the inline path) survives and the next commit works."""
     from sqlalchemy import text
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'f.db'}", sync.upper())
     migrate(engine)
-    log = AuditLog(engine).start()
+    log = AuditLog(engine, sync=sync).start()
+    assert log.inline == (sync == "normal")
 
     async def some(n: int, base: int) -> list[Any]:
         return list(await asyncio.gather(*(log.append(_entry(base + i)) for i in range(n)), return_exceptions=True))
@@ -239,4 +243,42 @@ def test_failed_commit_fails_its_requests_and_the_writer_recovers(tmp_path: Path
     assert asyncio.run(some(2, 20)) == [4, 5]
     log.stop()
     assert verify(engine).ok and verify(engine).records == 5
+    engine.dispose()
+
+
+def test_normal_sync_fsyncs_the_wal_off_the_request_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sync: normal`` answers after the commit reaches the OS; the flusher thread then fsyncs the WAL
+    within ``flush_seconds``, and stop() flushes what is left: the window a power loss can cost is bounded."""
+    import os
+    import time
+
+    import bastion.guard.audit as audit_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit_module.os, "fsync", spy)
+    engine = make_engine(f"sqlite:///{tmp_path / 'n.db'}", "NORMAL")
+    migrate(engine)
+    log = AuditLog(engine, sync="normal", flush_seconds=0.05).start()
+
+    async def some(n: int) -> list[int]:
+        return list(await asyncio.gather(*(log.append(_entry(i)) for i in range(n))))
+
+    assert asyncio.run(some(5)) == [1, 2, 3, 4, 5]
+    deadline = time.monotonic() + 10
+    while not any(p.endswith("n.db-wal") for p in synced) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any(p.endswith("n.db-wal") for p in synced), synced
+    assert log._flushed_records == 5
+    quiet = len(synced)
+    time.sleep(0.3)  # nothing new committed: nothing to fsync
+    assert len(synced) == quiet
+    assert asyncio.run(some(2)) == [6, 7]
+    log.stop()
+    assert log._flushed_records == 7 and verify(engine).ok
     engine.dispose()

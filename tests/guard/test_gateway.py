@@ -99,6 +99,25 @@ def test_validation_names_field_given_expected(make_gateway: Any, tmp_path: Any,
     assert decisions.count("invalid") == 9 and decisions[-2:] == ["allow", "unknown-model"]
 
 
+def test_key_is_checked_before_the_body_is_parsed(make_gateway: Any, tmp_path: Any, x: torch.Tensor) -> None:
+    """Without a valid key nothing of the body is read: a malformed body gets 401, not 422; with a key, a
+    body that is not JSON, or is empty, gets 422 naming the body."""
+    gw = make_gateway(f"sqlite:///{tmp_path / 'k.db'}")
+    key, _ = gw.keys.create("carol", ["infer"])
+    url = "/v2/models/digits/infer"
+    with TestClient(create_app(gw)) as c:
+        assert c.post(url, content=b"{not json").status_code == 401
+        assert c.post(url, content=b"{not json", headers={"Authorization": "Bearer bst_x_y"}).status_code == 401
+        h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        for bad in (b"{not json", b"", b"[1, 2]", json.dumps({"inputs": [{**batch(x)["inputs"][0], "shape": "4"}]})
+                    .encode()):
+            r = c.post(url, content=bad, headers=h)
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["error"] == "malformed request" and r.json()["field"], r.json()
+        assert c.post(url, json=batch(x), headers=h).status_code == 200
+    assert [r.decision for r in _records(gw)] == ["unauthenticated"] * 2 + ["invalid"] * 4 + ["allow"]
+
+
 def _records(gw: Any) -> list[Any]:
     from sqlalchemy import select
     from sqlalchemy.orm import Session

@@ -16,6 +16,15 @@ GIL), the event loop keeps serving and the requests that arrive meanwhile form t
 therefore always has a committed record, and concurrent requests share one fsync instead of paying one
 each. Several processes (workers, replicas) append to the same chain: the head row is locked inside the
 transaction.
+
+How durable "committed" is, is the operator's choice (``audit_sync``). ``full``: every group commit
+fsyncs before anyone is answered, so a 2xx's record survives power loss at once; on a virtual disk that
+fsync costs milliseconds (p50 ~3 ms, p99 ~15 ms measured here), more than the whole rest of the request.
+``normal`` (the default): the commit reaches the operating system before anyone is answered (SQLite's
+WAL with ``synchronous=NORMAL``; PostgreSQL's ``synchronous_commit=off`` on the writer's session), so
+the record survives the gateway being killed at any moment, and a flusher thread fsyncs the WAL every
+``flush_seconds`` off the request path (PostgreSQL's own WAL writer does the same), so a power loss or
+kernel crash loses at most that window; the chain stays consistent either way.
 """
 
 from __future__ import annotations
@@ -103,8 +112,23 @@ class AuditLog:
     """Append records durably (group commit) to the chain in ``engine``; sign checkpoints with ``signing_key``."""
 
     def __init__(self, engine: Engine, signing_key: Any = None, *, checkpoint_every: int = 1000,
-                 checkpoint_seconds: float = 60.0, max_batch: int = 1024) -> None:
+                 checkpoint_seconds: float = 60.0, max_batch: int = 1024, sync: str = "full",
+                 flush_seconds: float = 1.0) -> None:
+        if sync not in ("full", "normal"):
+            raise ValueError(f"sync must be 'full' or 'normal', not {sync!r}")
         self.engine = engine
+        self.sync = sync
+        self.flush_seconds = flush_seconds
+        self._flusher: threading.Thread | None = None
+        self._flush_stop = threading.Event()  # its own: the writer's condition must wake only the writer
+        self._flushed_records = 0
+        self._dir_synced = False
+        #: SQLite without a per-commit fsync commits on the event loop itself (see append)
+        self.inline = sync == "normal" and engine.dialect.name == "sqlite"
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
+        self._inline_lock = threading.Lock()
+        self._inline_conn: Any = None
+        self._inline_pid = 0
         self.signing_key = signing_key
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
@@ -129,16 +153,71 @@ class AuditLog:
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="bastion-audit-writer", daemon=True)
                 self._thread.start()
+                if self.sync == "normal" and self._wal_path() is not None:
+                    self._flush_stop.clear()
+                    self._flusher = threading.Thread(target=self._flush_loop, name="bastion-audit-flusher",
+                                                     daemon=True)
+                    self._flusher.start()
         return self
 
     def stop(self) -> None:
         """Commit what is queued, sign a last checkpoint, and end the writer thread."""
         with self._wake:
             thread, self._thread = self._thread, None
+            flusher, self._flusher = self._flusher, None
             self._stopping = True
             self._wake.notify()
+        self._flush_stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=30)
+        self.flush()  # before the connection closes: closing the last one may checkpoint and remove the WAL
+        with self._inline_lock:
+            conn, self._inline_conn = self._inline_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    # -- durability of `sync: normal` --------------------------------------------------------------
+    def _wal_path(self) -> str | None:
+        """The SQLite write-ahead log's path; None for PostgreSQL or an in-memory database."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        db = self.engine.url.database
+        return None if not db or db == ":memory:" else db + "-wal"
+
+    def flush(self) -> None:
+        """fsync what is committed to the WAL (``sync: normal``): records committed so far survive power loss."""
+        wal = self._wal_path()
+        if self.sync != "normal" or wal is None:
+            return
+        records = self.records
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:  # nothing written since the last checkpoint removed it
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not self._dir_synced:  # a new WAL file's directory entry must be durable too, once
+            dfd = os.open(os.path.dirname(os.path.abspath(wal)), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            self._dir_synced = True
+        self._flushed_records = records
+
+    def _flush_loop(self) -> None:
+        """Every ``flush_seconds`` that saw a commit, fsync the WAL; the request path never waits for it."""
+        while not self._flush_stop.wait(self.flush_seconds):
+            if self.records != self._flushed_records:
+                try:
+                    self.flush()
+                except OSError:
+                    log.exception("audit log fsync failed")
 
     def _run(self) -> None:
         while True:
@@ -184,9 +263,20 @@ class AuditLog:
 
     # -- appending -------------------------------------------------------------------------------
     async def append(self, entry: dict[str, Any]) -> int:
-        """Append ``entry``; return its sequence number once it is durably committed (group commit)."""
+        """Append ``entry``; return its sequence number once it is committed (group commit).
+
+        Inline (SQLite, ``sync: normal``): the commit costs ~0.1 ms of CPU and no fsync, so it runs on the
+        event loop, once per loop iteration for every record queued in it; a hop to the writer thread would
+        cost more in wake-ups and GIL hand-overs than the commit itself. Otherwise the writer thread commits
+        (an fsync or a network round trip must not stall the loop)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
+        if self.inline:
+            pending = self._pending.setdefault(loop, [])
+            pending.append((entry, fut))
+            if len(pending) == 1:
+                loop.call_soon(self._commit_inline, loop)
+            return await fut
         with self._wake:
             self._queue.append((entry, fut, loop))
             self._wake.notify()
@@ -194,18 +284,39 @@ class AuditLog:
             self.start()
         return await fut
 
+    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, [])
+        if not batch:
+            return
+        seqs: list[int] | None = None
+        error: BaseException | None = None
+        try:
+            with self._inline_lock:  # one connection, possibly several event loops (threads)
+                seqs = self._write([e for e, _ in batch], conn=self._inline_connection())
+        except Exception as exc:  # the database is locked for too long or broken: those requests get 503
+            log.exception("audit write failed")
+            error = exc
+        _settle_all([(fut, None if seqs is None else seqs[i]) for i, (_, fut) in enumerate(batch)], error)
+
+    def _inline_connection(self) -> Any:
+        if self._inline_conn is None or self._inline_pid != os.getpid():
+            conn = self.engine.raw_connection()
+            conn.detach()
+            self._inline_conn, self._inline_pid = conn, os.getpid()
+        return self._inline_conn
+
     def append_sync(self, entry: dict[str, Any]) -> int:
         """Append ``entry`` from synchronous code (CLI, tests); returns once committed."""
         return self._write([entry], own=True)[0]
 
-    def _write(self, entries: list[dict[str, Any]], own: bool = False) -> list[int]:
+    def _write(self, entries: list[dict[str, Any]], own: bool = False, conn: Any = None) -> list[int]:
         """Append ``entries`` in one transaction with one durable commit; return their sequence numbers.
 
         Plain DB-API statements on a connection the writer thread keeps (``own``: a pooled one for this
         call): through SQLAlchemy's Core the same four statements cost about five times the CPU, which the
         writer takes from the event loop (it holds the GIL for all but the fsync)."""
         rows = [_clean(e) for e in entries]
-        raw = self.engine.raw_connection() if own else self._writer_connection()
+        raw = conn if conn is not None else self.engine.raw_connection() if own else self._writer_connection()
         sqlite = self.engine.dialect.name == "sqlite"
         sql = _sql(self.engine)
         try:
@@ -240,7 +351,11 @@ class AuditLog:
                         cur.execute("ROLLBACK")
                     else:
                         raw.rollback()
-                if not own:  # the connection may be broken: the next batch opens a new one
+                if conn is not None:  # the connection may be broken: the next batch opens a new one
+                    self._inline_conn = None
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                elif not own:
                     self._close_writer_connection()
                 raise
             finally:
@@ -255,8 +370,15 @@ class AuditLog:
 
     def _writer_connection(self) -> Any:
         if self._conn is None:
-            self._conn = self.engine.raw_connection()
-            self._conn.detach()  # the writer's own, outside the pool, for the life of the thread
+            conn = self.engine.raw_connection()
+            conn.detach()  # the writer's own, outside the pool, for the life of the thread
+            if self.sync == "normal" and self.engine.dialect.name == "postgresql":
+                # the server holds the commit when it returns; its WAL writer flushes it within ~0.6 s
+                cur = conn.cursor()
+                cur.execute("SET synchronous_commit TO off")
+                cur.close()
+                conn.commit()
+            self._conn = conn
         return self._conn
 
     def _close_writer_connection(self) -> None:

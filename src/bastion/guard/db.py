@@ -1,9 +1,10 @@
 """The gateway's store: API keys, audit records and signed checkpoints in one SQLAlchemy database.
 
-SQLite (the default, a file next to the model; no server) runs in WAL mode with ``synchronous=FULL``, so a
-commit is durable when it returns; PostgreSQL is used by URL (``postgresql+psycopg://...``). The schema is
-created and upgraded by the Alembic migrations shipped in this package (:func:`migrate`), never by
-``create_all``, so a database written by an older Bastion is upgraded in place.
+SQLite (the default, a file next to the model; no server) runs in WAL mode, with ``synchronous`` set by
+the guard config's ``audit_sync`` (see :mod:`.audit` for what each setting survives); PostgreSQL is used
+by URL (``postgresql+psycopg://...``). The schema is created and upgraded by the Alembic migrations shipped
+in this package (:func:`migrate`), never by ``create_all``, so a database written by an older Bastion is
+upgraded in place.
 """
 
 from __future__ import annotations

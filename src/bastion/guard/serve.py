@@ -162,7 +162,7 @@ def build_gateway(opts: ServeOptions) -> Gateway:
         password = os.environ.get(opts.signing_password_env) if opts.signing_password_env else None
         signing_key = load_private_key(opts.signing_key, password)
     audit = AuditLog(engine, signing_key, checkpoint_every=cfg.checkpoint_every,
-                     checkpoint_seconds=cfg.checkpoint_seconds)
+                     checkpoint_seconds=cfg.checkpoint_seconds, sync=cfg.audit_sync, flush_seconds=cfg.audit_flush_s)
     gw = Gateway(model=slot.model, spec=spec, config=cfg, keys=KeyStore(engine, redis), limiter=limiter, audit=audit,
                  model_name=cfg.model_name or default_name, model_version=slot.version, detectors=slot.detectors)
     if cfg.monitor is not None or cfg.playbooks or registry is not None:
