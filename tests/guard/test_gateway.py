@@ -109,8 +109,8 @@ def test_key_is_checked_before_the_body_is_parsed(make_gateway: Any, tmp_path: A
         assert c.post(url, content=b"{not json").status_code == 401
         assert c.post(url, content=b"{not json", headers={"Authorization": "Bearer bst_x_y"}).status_code == 401
         h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        for bad in (b"{not json", b"", b"[1, 2]", json.dumps({"inputs": [{**batch(x)["inputs"][0], "shape": "4"}]})
-                    .encode()):
+        tensor: dict[str, Any] = dict(batch(x)["inputs"][0])  # type: ignore[index]
+        for bad in (b"{not json", b"", b"[1, 2]", json.dumps({"inputs": [{**tensor, "shape": "4"}]}).encode()):
             r = c.post(url, content=bad, headers=h)
             assert r.status_code == 422, (bad, r.text)
             assert r.json()["error"] == "malformed request" and r.json()["field"], r.json()
