@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 def _store(db: str, redis_url: str | None = None) -> object:
     from bastion.guard.db import make_engine, migrate
     from bastion.guard.keys import KeyStore
-    from bastion.guard.serve import connect_redis
+    from bastion.guard.ratelimit import connect_redis
 
     engine = make_engine(db)
     migrate(engine)

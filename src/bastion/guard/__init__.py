@@ -9,11 +9,30 @@ checkpoint-signed audit log (:mod:`.audit`) before the answer leaves.
     app = create_app(build_gateway(ServeOptions(model="model.pt", reference="clean.npz")))
 """
 
-from bastion.guard.app import Gateway, create_app
-from bastion.guard.audit import AuditLog, VerifyReport, verify
-from bastion.guard.config import GuardConfig
-from bastion.guard.keys import KeyStore
-from bastion.guard.serve import ServeOptions, build_gateway
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.guard.app import Gateway, create_app
+    from bastion.guard.audit import AuditLog, VerifyReport, verify
+    from bastion.guard.config import GuardConfig
+    from bastion.guard.keys import KeyStore
+    from bastion.guard.serve import ServeOptions, build_gateway
+
+# Imported on first use: `bastion keys`, `bastion audit` and the registry read the database through
+# bastion.guard.db and must not pay for torch and FastAPI (seconds) to do it.
+_WHERE = {"Gateway": "app", "create_app": "app", "AuditLog": "audit", "VerifyReport": "audit", "verify": "audit",
+          "GuardConfig": "config", "KeyStore": "keys", "ServeOptions": "serve", "build_gateway": "serve"}
 
 __all__ = ["AuditLog", "Gateway", "GuardConfig", "KeyStore", "ServeOptions", "VerifyReport", "build_gateway",
            "create_app", "verify"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bastion.guard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bastion.guard.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

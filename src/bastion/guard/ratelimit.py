@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from bastion.errors import InputError
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -124,3 +126,16 @@ class RedisLimiter:
         if int(allowed):
             return Verdict(True)
         return Verdict(False, int(retry_ms) / 1000, "rate-limit" if int(reason) == 1 else "daily-budget")
+
+
+def connect_redis(url: str | None) -> Any:
+    if not url:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise InputError("redis", url, f"a reachable Redis server ({exc})") from None
+    return client

@@ -19,7 +19,7 @@ from bastion.guard.db import default_url, make_engine, migrate
 from bastion.guard.detectors import build
 from bastion.guard.keys import KeyStore
 from bastion.guard.live import REGISTRY_SCHEME, Live, Slot, load_from_registry, parse_registry_ref
-from bastion.guard.ratelimit import LocalLimiter, RateLimiter, RedisLimiter
+from bastion.guard.ratelimit import LocalLimiter, RateLimiter, RedisLimiter, connect_redis
 from bastion.guard.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -43,19 +43,6 @@ class ServeOptions:
     trust_pickle: bool = False
     registry_db: str | None = None
     registry_store: str | None = None
-
-
-def connect_redis(url: str | None) -> Any:
-    if not url:
-        return None
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise InputError("redis", url, f"a reachable Redis server ({exc})") from None
-    return client
 
 
 def model_version(path: str | Path) -> str:

@@ -9,16 +9,38 @@ and a binomial test for a rise in near-decision-boundary inputs. One ``alpha`` b
 rate per window for all of them together.
 """
 
-from bastion.monitor.baseline import MONITORS, Baseline, StreamMonitor, WindowReport, model_probabilities
-from bastion.monitor.drift import KSDrift, MMDDrift, combine_p_values
-from bastion.monitor.outputs import (
-    ConfidenceDrop,
-    NearBoundaryRate,
-    PredictionShift,
-    as_probabilities,
-    margins,
-)
-from bastion.monitor.result import DriftResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.monitor.baseline import MONITORS, Baseline, StreamMonitor, WindowReport, model_probabilities
+    from bastion.monitor.drift import KSDrift, MMDDrift, combine_p_values
+    from bastion.monitor.outputs import (
+        ConfidenceDrop,
+        NearBoundaryRate,
+        PredictionShift,
+        as_probabilities,
+        margins,
+    )
+    from bastion.monitor.result import DriftResult
+
+# Imported on first use: incidents and alerts (bastion.monitor.alerts) are read by commands that must not
+# pay for torch (seconds) to list a table.
+_WHERE = {"MONITORS": "baseline", "Baseline": "baseline", "StreamMonitor": "baseline", "WindowReport": "baseline",
+          "model_probabilities": "baseline", "KSDrift": "drift", "MMDDrift": "drift", "combine_p_values": "drift",
+          "ConfidenceDrop": "outputs", "NearBoundaryRate": "outputs", "PredictionShift": "outputs",
+          "as_probabilities": "outputs", "margins": "outputs", "DriftResult": "result"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bastion.monitor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bastion.monitor.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MONITORS",
