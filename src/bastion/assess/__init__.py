@@ -7,9 +7,26 @@
 
 from __future__ import annotations
 
-from bastion.assess.evaluate import evaluate
-from bastion.assess.result import AttackStats, EvaluationResult, Finding, KeptExample
-from bastion.assess.suites import ATTACK_NAMES, SUITES, AttackSpec, build_attack
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.assess.evaluate import evaluate
+    from bastion.assess.result import AttackStats, EvaluationResult, Finding, KeptExample
+    from bastion.assess.suites import ATTACK_NAMES, SUITES, AttackSpec, build_attack
 
 __all__ = ["ATTACK_NAMES", "SUITES", "AttackSpec", "AttackStats", "EvaluationResult", "Finding", "KeptExample",
            "build_attack", "evaluate"]
+
+# Imported on first use: `bastion assess --init-policy` and the policy checks need none of torch.
+_WHERE = {"evaluate": "evaluate", "AttackStats": "result", "EvaluationResult": "result", "Finding": "result",
+          "KeptExample": "result", "ATTACK_NAMES": "suites", "SUITES": "suites", "AttackSpec": "suites",
+          "build_attack": "suites"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bastion.assess' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bastion.assess.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

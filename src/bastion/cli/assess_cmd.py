@@ -115,16 +115,17 @@ def assess_command(
     Exit codes: 0 passed; 1 a check failed; 2 could not run (bad arguments or policy, or a check could
     not run).
     """
-    from bastion.assess.gate import BUDGETS, Inputs, Policy, assess, write_reports
-    from bastion.assess.gate.policy import TEMPLATE
-    from bastion.assess.gate.report import REPORT_FILES
-
     if init_policy is not None:
+        from bastion.assess.gate.policy import TEMPLATE
+
         check_output_file(init_policy, "--init-policy", force=force)
         init_policy.write_text(TEMPLATE, encoding="utf-8")
         Console(stderr=True).print(f"wrote {init_policy}: edit the thresholds, then bastion assess --policy "
                                    f"{init_policy} ...", highlight=False)
         raise typer.Exit(EXIT_OK)
+    from bastion.assess.gate import BUDGETS, Inputs, Policy, assess, write_reports
+    from bastion.assess.gate.report import REPORT_FILES
+
     if model is None:
         raise InputError("--model", "nothing", "the model file to assess (or --init-policy FILE)")
     from bastion.scale.backend import check_backend_args

@@ -8,10 +8,27 @@
 
 from __future__ import annotations
 
-from bastion.assess.gate.checks import CATALOGUE, CheckInfo, CheckOutcome
-from bastion.assess.gate.policy import Policy
-from bastion.assess.gate.report import write_reports
-from bastion.assess.gate.runner import BUDGETS, Assessment, Inputs, assess
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.assess.gate.checks import CATALOGUE, CheckInfo, CheckOutcome
+    from bastion.assess.gate.policy import Policy
+    from bastion.assess.gate.report import write_reports
+    from bastion.assess.gate.runner import BUDGETS, Assessment, Inputs, assess
 
 __all__ = ["BUDGETS", "CATALOGUE", "Assessment", "CheckInfo", "CheckOutcome", "Inputs", "Policy", "assess",
            "write_reports"]
+
+# Imported on first use: writing or reading a policy needs none of torch.
+_WHERE = {"CATALOGUE": "checks", "CheckInfo": "checks", "CheckOutcome": "checks", "Policy": "policy",
+          "write_reports": "report", "BUDGETS": "runner", "Assessment": "runner", "Inputs": "runner",
+          "assess": "runner"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'bastion.assess.gate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bastion.assess.gate.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
