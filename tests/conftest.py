@@ -11,7 +11,13 @@ import bastion as bn
 torch.set_num_threads(1)
 
 
+#: the longest files run first, so that with pytest-xdist (`make test` runs two workers) one worker takes
+#: the README run (about half the suite's time) while the other works through everything else
+LONG_FIRST = ("test_readme.py", "test_scale.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: 0 if item.path.name in LONG_FIRST else 1)  # stable: the rest keeps its order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
