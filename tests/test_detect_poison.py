@@ -25,6 +25,7 @@ def poisoned(digits: bn.datasets.Dataset) -> tuple[torch.nn.Module, Any]:
 
 DETECTORS: dict[str, Callable[[], Any]] = {
     "spectre": lambda: Spectre(seed=0),
+    "spectre-confirmed": lambda: Spectre(seed=0, confirm=True),
     "spectral": lambda: SpectralSignature(eps=0.05),
     "activation-clustering": lambda: ActivationClustering(seed=0),
     "label-issues": lambda: LabelIssues(folds=3),
@@ -70,6 +71,51 @@ def test_spectre_finds_badnets_poison(poisoned: tuple[torch.nn.Module, Any]) -> 
     assert tpr >= 0.95 - binomial_margin(n_poison, 0.05)               # measured 1.0
     assert fpr <= 0.05 + binomial_margin(n_clean, 0.05)                 # measured about 0.03-0.05
     assert set(res.y.numpy()[flags & mask].tolist()) == {0}
+
+
+def test_spectre_confirmation_keeps_only_the_backdoored_class(poisoned: tuple[torch.nn.Module, Any],
+                                                               digits: bn.datasets.Dataset,
+                                                               digits_cnn: torch.nn.Module) -> None:
+    """The overlay test confirms the target class alone; in it every planted record goes, and nothing else
+    in the set does. On a clean model no class is confirmed, so nothing is flagged."""
+    net, res = poisoned
+    mask = res.mask.numpy()
+    det = Spectre(confirm=True)
+    det.fit(net, res.x, res.y)
+    confirmed = {c for c, t in enumerate(np.asarray(det.threshold_)) if np.isfinite(t)}
+    assert confirmed == {0}, (det.overlay_pvalues_, det.overlay_auc_)
+    tpr, fpr = _rates(det.labels_, mask)
+    assert tpr >= 0.95 - binomial_margin(int(mask.sum()), 0.05)       # measured 1.0
+    assert fpr <= 0.01 + binomial_margin(int((~mask).sum()), 0.01)     # measured 0: class 0's clean records stay
+    assert (det.scores_ > det.screen_threshold_)[res.y.numpy() != 0].any()   # other classes had candidates
+    clean = Spectre(confirm=True)
+    clean.fit(digits_cnn, digits.x_train, digits.y_train)
+    assert not clean.labels_.any(), (clean.overlay_pvalues_, clean.overlay_auc_)
+
+
+def test_audit_removes_confirmed_poison_and_reports_the_rest_as_outliers(poisoned: tuple[torch.nn.Module, Any]) -> None:
+    from pathlib import Path
+
+    from bastion.data import clean
+    from bastion.data.audit import audit
+    from bastion.data.records import Records
+
+    net, res = poisoned
+    xs, ys = res.x.numpy(), res.y.numpy()
+    rec = Records(Path("p.npz"), "npz", xs, ys, [str(i) for i in range(len(ys))],
+                  [xs[i].tobytes() + ys[i].tobytes() for i in range(len(ys))])
+    result = audit(rec, model=net, checks=("outliers", "poison"))
+    poison = {f.row for f in result.findings if f.check == "poison"}
+    spectre_outliers = {f.row for f in result.findings if f.check == "outliers" and f.detector == "spectre"}
+    mask = res.mask.numpy()
+    rows = sorted(poison)
+    assert poison and set(ys[rows].tolist()) == {0}
+    n_poison = int(mask.sum())
+    assert mask[rows].sum() / n_poison >= 0.95 - binomial_margin(n_poison, 0.05)            # measured 1.0
+    assert mask[rows].mean() >= 0.95 - binomial_margin(len(rows), 0.05)                    # measured 1.0
+    assert spectre_outliers and not spectre_outliers & poison
+    kept = set(clean.plan(rec, result, ("poison",)).kept.tolist())
+    assert spectre_outliers <= kept and not poison & kept
 
 
 def test_strip_flags_triggered_inputs(digits: bn.datasets.Dataset, poisoned: tuple[torch.nn.Module, Any]) -> None:

@@ -137,16 +137,36 @@ def _label_issues(rec: Records, model: Any, seed: int) -> list[Finding]:
             for i in np.flatnonzero(det.labels_)]
 
 
-def _poison(rec: Records, model: Any, seed: int) -> list[Finding]:
+def _poison(rec: Records, model: Any, seed: int, report_unconfirmed: bool) -> list[Finding]:
+    """Spectre with the overlay confirmation: poison findings only in classes where the flagged records carry
+    a label-forcing feature; unusual records of unconfirmed classes become outlier findings when asked for
+    (``report_unconfirmed``), never poison ones, so ``clean`` keeps them (see ``bastion.detect.spectre``)."""
     from bastion.detect import Spectre
 
     assert rec.y is not None
-    det = Spectre(seed=seed).fit(model, rec.x, rec.y)
-    thr = float(np.asarray(det.threshold_))
-    return [Finding(rec.ids[i], int(i), "poison", float(det.scores_[i]),
-                    f"class {rec.y[i]}: robust distance {det.scores_[i]:.2f}x the class median in penultimate "
-                    f"activations (threshold {thr:.2f})", "spectre")
-            for i in np.flatnonzero(det.labels_)]
+    det = Spectre(seed=seed, confirm=True)
+    det.fit(model, rec.x, rec.y)
+    pv = det.overlay_pvalues_
+    thr = np.asarray(det.threshold_)
+    out = []
+    for i in np.flatnonzero(det.labels_):
+        c = int(rec.y[i])
+        out.append(Finding(rec.ids[i], int(i), "poison", float(det.scores_[i]),
+                           f"class {c}: robust distance {det.scores_[i]:.2f}x the class median in penultimate "
+                           f"activations (threshold {thr[c]:.2f}); overlaid on other classes' records, the class's "
+                           f"flagged records keep their label more than its others (p={pv.get(c, 1.0):.2g}, "
+                           f"AUC {det.overlay_auc_.get(c, 0.5):.2f})", "spectre"))
+    if report_unconfirmed:
+        for i in np.flatnonzero(~det.labels_ & (det.scores_ > det.screen_threshold_)):
+            c = int(rec.y[i])
+            out.append(Finding(rec.ids[i], int(i), "outliers", float(det.scores_[i]),
+                               f"class {c}: robust distance {det.scores_[i]:.2f}x the class median in penultimate "
+                               f"activations (threshold {det.screen_threshold_:.2f}), but no sign of a trigger: "
+                               f"overlaid on other classes' records they lose their label as often as the class's "
+                               f"other records (p={pv.get(c, 1.0):.2g}, AUC {det.overlay_auc_.get(c, 0.5):.2f}); an unusual "
+                               "sub-population, not removed",
+                               "spectre"))
+    return out
 
 
 def audit(rec: Records, *, model: Any = None, test: Records | None = None, checks: tuple[str, ...] = CHECKS,
@@ -178,5 +198,5 @@ def audit(rec: Records, *, model: Any = None, test: Records | None = None, check
         elif not enough:
             res.skipped["poison"] = "needs labels of at least two classes, five records each"
         else:
-            res.findings += _poison(rec, model, seed)
+            res.findings += _poison(rec, model, seed, "outliers" in checks)
     return res
