@@ -131,7 +131,7 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
             log: Path | None = None, timeout_s: float | None = None, warmup_s: int = 2) -> tuple[dict[str, float], str]:
     """wrk at about ``rate`` requests/s: each connection waits DELAY between requests, so the rate is
     conns / (delay + latency). A ``warmup_s`` run first (not measured: TorchScript optimises its graph on the
-    first calls, pools fill) also measures the latency that DELAY is then shortened by."""
+    first calls, pools fill) also measures the time a request adds to DELAY, which DELAY is then shortened by."""
 
     def once(seconds: int, delay_ms: int, log_file: Path | None) -> tuple[dict[str, float], str]:
         env = {**os.environ, "BODY_FILE": str(work / "body.json"), "API_KEY": key, "DELAY_MS": str(delay_ms),
@@ -144,8 +144,9 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
     delay_ms = max(1, round(period_ms - 1))
     if warmup_s > 0:
         warm, _ = once(warmup_s, delay_ms, None)
-        if warm.get("p50_ms", 0) == warm.get("p50_ms", 0):  # not NaN
-            delay_ms = max(1, round(period_ms - warm.get("p50_ms", 1.0)))
+        if warm.get("rps", 0) > 0:  # the time a request adds to the delay, as wrk's own rate shows it
+            overhead_ms = max(0.0, 1000 * conns / warm["rps"] - delay_ms)
+            delay_ms = max(1, round(period_ms - overhead_ms))
     stats, text = once(duration, delay_ms, log)
     stats["delay_ms"] = float(delay_ms)
     return stats, text
