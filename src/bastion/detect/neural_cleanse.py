@@ -1,8 +1,8 @@
 """A Neural-Cleanse-style model audit (Wang et al. 2019): does the model carry a backdoor, to which class?
 
 For every class k, gradient descent finds the smallest mask m and pattern p such that
-``(1 - m) x + m p`` sends clean inputs to k. A backdoor is a shortcut: its target needs a far smaller mask
-than any honest class. No training data is needed, only a few clean inputs.
+``(1 - m) x + m p`` sends the clean inputs of the other classes to k. A backdoor is a shortcut: its target
+needs a far smaller mask than any honest class. No training data is needed, only a few clean inputs.
 
 The decision differs from the paper's on purpose. The paper flags a model when the smallest mask norm
 lies more than 2 robust standard deviations (1.4826 MAD) below the median (``anomaly_index_``, kept for
@@ -44,7 +44,8 @@ class NeuralCleanse:
 
     ``score_samples()`` / ``decision_function()`` / ``predict()`` judge the classes (index k = class k).
     ``steps``, ``lr``, ``init_cost`` (the starting weight of the mask's L1 norm, then scheduled) and
-    ``min_success`` (the share of inputs a reversed trigger must send to its class) control the search;
+    ``min_success`` (the share of the inputs the model puts in *other* classes that a reversed trigger must
+    send to its class) control the search;
     ``alpha`` is the false-alarm rate on a clean model; ``max_inputs`` clean inputs are used.
     """
 
@@ -108,6 +109,9 @@ class NeuralCleanse:
         ``min_success`` of the inputs, and shrinks by ``COST_DOWN`` after ``PATIENCE`` steps below it.
         A class's result is the smallest mask seen at a step where it reached ``min_success`` (checked
         with the model's own decisions, not the loss), so a mask that does not do the job never counts.
+        Inputs the model already puts in class k count neither in k's loss nor in its success rate: they
+        come free to every trigger for k, and how many of them a random draw of inputs holds differs from
+        class to class, so counting them would add noise to the very norms the classes are compared by.
         """
         lo, hi = m.bounds
         net = m.adaptive()
@@ -118,6 +122,13 @@ class NeuralCleanse:
         pat_p = init[1].expand(classes, c, h, w).clone().to(x.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_p, pat_p], lr=self.lr, betas=(0.5, 0.9))
         target = torch.arange(classes, device=x.device).repeat_interleave(n)
+        with torch.no_grad():
+            pred = net.scores(x).argmax(1)
+        # Inputs the model already puts in class k say nothing about a trigger for k: they are left out of
+        # k's loss and success rate, so every class is judged on the inputs it must take from the others
+        # (a class that already holds every input has none to take: it never succeeds, so it is no target).
+        keep = (pred[None, :] != torch.arange(classes, device=x.device)[:, None]).float()  # (classes, n)
+        kept = keep.sum(1).clamp_min(1.0)
         cost = torch.full((classes,), self.init_cost, device=x.device)
         up = torch.zeros(classes, dtype=torch.long, device=x.device)
         down = torch.zeros(classes, dtype=torch.long, device=x.device)
@@ -130,14 +141,14 @@ class NeuralCleanse:
             pattern = lo + (hi - lo) * torch.sigmoid(pat_p)
             adv = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (classes, n, c, h, w)
             logits = net.scores(adv.reshape(classes * n, c, h, w))
-            ce = torch.nn.functional.cross_entropy(logits, target, reduction="none").view(classes, n).mean(1)
+            ce = (torch.nn.functional.cross_entropy(logits, target, reduction="none").view(classes, n) * keep).sum(1) / kept
             norms = mask.flatten(1).sum(1)
             loss = (ce + cost * norms).sum()  # classes share no parameters: each gets its own gradient
             # Gradients for the trigger only: the network's weight gradients would cost a third more.
             mask_p.grad, pat_p.grad = torch.autograd.grad(loss, [mask_p, pat_p])
             opt.step()
             with torch.no_grad():
-                rate = (logits.argmax(1) == target).float().view(classes, n).mean(1)
+                rate = ((logits.argmax(1) == target).float().view(classes, n) * keep).sum(1) / kept
                 ok = rate >= self.min_success
                 better = ok & (norms < best_norm)
                 best_norm = torch.where(better, norms.detach(), best_norm)
