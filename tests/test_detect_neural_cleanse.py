@@ -1,7 +1,10 @@
 """Neural-Cleanse-style audit: names the target of a planted backdoor, and stays quiet on clean models.
 
-The clean-model test runs three models trained with different seeds: the paper's decision (anomaly
-index > 2) alarms on a third of clean ten-class models, so one quiet model would prove nothing.
+The clean-model test runs two models trained with different seeds (the suite's digits CNN, which is
+seed 0 of the same recipe, and seed 1). The false-alarm *rate* is checked where it can be counted, on
+simulated class norms (``test_outlier_statistic_is_calibrated``: alpha, where the paper's decision, anomaly
+index > 2, alarms on a third of clean ten-class models); the real models check that the search itself does
+not manufacture an outlier.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from bastion.detect import NeuralCleanse
 from bastion.detect.neural_cleanse import leave_one_out_scores
 from bastion.errors import InputError
 
-CLEAN_SEEDS = (0, 1, 2)
+CLEAN_SEEDS = (0, 1)
 
 
 def _train(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.nn.Module:
@@ -26,8 +29,9 @@ def _train(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def clean_models(digits: bn.datasets.Dataset) -> dict[int, torch.nn.Module]:
-    return {s: _train(digits.x_train, digits.y_train, s) for s in CLEAN_SEEDS}
+def clean_models(digits: bn.datasets.Dataset, digits_cnn: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    # conftest's digits_cnn is _train(digits.x_train, digits.y_train, 0): shared with the suite, trained once.
+    return {s: digits_cnn if s == 0 else _train(digits.x_train, digits.y_train, s) for s in CLEAN_SEEDS}
 
 
 @pytest.mark.slow
