@@ -10,6 +10,14 @@ Why that pair: confident learning can only flag a flip the out-of-fold model con
 The regularised logistic regression used before underfits the digits (a linear model of raw pixels), so
 its probabilities left 15 % of random flips unflagged; the two non-linear models err on different
 records, and their average is both more accurate and better calibrated (bench/poison.py, label flips).
+
+Two rounds (when the probabilities are computed here): the out-of-fold models of round 1 learnt from
+folds that still hold the flips, which softens their probabilities exactly where a flip sits. Round 2
+refits them on the same folds without round 1's issues and asks cleanlab again with ``prune_by_class``
+(per class, the records least likely to carry their label, as many as the confident joint estimates);
+the issues are the union of both rounds. With 10 random flips in 100, on six seeds: digits recall
+87-93 % -> 95-100 % at precision 89 % or more, breast cancer 88-100 % -> 95-100 % at 87 % or more; on the
+unflipped sets both rounds flag one record.
 """
 
 from __future__ import annotations
@@ -42,17 +50,37 @@ def default_estimator(n_train: int, seed: int) -> Any:
     return make_pipeline(StandardScaler(), vote)
 
 
+def _all_classes(y: np.ndarray, rows: np.ndarray) -> bool:
+    return bool(np.array_equal(np.unique(y[rows]), np.unique(y)))
+
+
+def _out_of_fold(est: Any, feats: np.ndarray, y: np.ndarray, cv: Any, exclude: np.ndarray | None) -> np.ndarray:
+    """Out-of-fold ``predict_proba`` (one column per class); ``exclude``: rows left out of every training fold
+    (a fold keeps them when leaving them out would lose a class)."""
+    from sklearn.base import clone
+
+    classes = int(y.max()) + 1
+    probs = np.zeros((y.shape[0], classes))
+    for train, test in cv.split(feats, y):
+        if exclude is not None and _all_classes(y[train], ~exclude[train]):
+            train = train[~exclude[train]]
+        m = clone(est).fit(feats[train], y[train])
+        probs[np.ix_(test, np.asarray(m.classes_, dtype=np.int64))] = m.predict_proba(feats[test])
+    return probs
+
+
 class LabelIssues(PoisonDetector):
     """Score = 1 - cleanlab's label quality (self-confidence); records cleanlab calls issues are flagged.
 
     ``threshold_`` sits between the least suspicious issue and the most suspicious record kept, so
     ``predict`` on the training records reproduces cleanlab's decision and extends it to new records.
-    ``folds``: cross-validation folds for the probabilities; ``pred_probs`` (N, C) skips that step.
+    ``folds``: cross-validation folds for the probabilities (fewer when a class has fewer records); ``pred_probs`` (N, C) skips that step (and
+    the second round, see the module doc: one cleanlab decision on exactly those probabilities).
     """
 
     name = "label-issues"
 
-    def __init__(self, folds: int = 5, seed: int = 0) -> None:
+    def __init__(self, folds: int = 10, seed: int = 0) -> None:
         self.folds = folds
         self.seed = seed
 
@@ -78,13 +106,15 @@ class LabelIssues(PoisonDetector):
     def _fit(self, model: Any, x: Tensor, y: Tensor | None) -> None:
         from cleanlab.filter import find_label_issues
         from sklearn.base import clone
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
+        from sklearn.model_selection import StratifiedKFold
 
         assert y is not None
         yy = y.numpy()
         counts = np.bincount(yy)
-        if (counts[counts > 0] < self.folds).any() or (counts > 0).sum() < 2:
-            raise InputError("y", f"class counts {counts.tolist()}", f"at least 2 classes of at least {self.folds} records")
+        folds = int(min(self.folds, counts[counts > 0].min()))  # a class smaller than ``folds`` caps them
+        if self.folds < 2 or folds < 2 or (counts > 0).sum() < 2:
+            raise InputError("y", f"class counts {counts.tolist()} with folds={self.folds}",
+                             "at least 2 classes of at least 2 records, and folds >= 2")
         self.model_ = model
         if self._given_probs is not None:
             probs = self._given_probs
@@ -92,13 +122,16 @@ class LabelIssues(PoisonDetector):
                 raise InputError("pred_probs", f"shape {probs.shape}", f"({yy.shape[0]}, classes)")
         else:
             feats = self._features(x)
-            n_train = yy.shape[0] * (self.folds - 1) // self.folds
+            n_train = yy.shape[0] * (folds - 1) // folds
             est = clone(model) if hasattr(model, "predict_proba") else default_estimator(n_train, self.seed)
-            cv = StratifiedKFold(self.folds, shuffle=True, random_state=self.seed)
-            probs = cross_val_predict(est, feats, yy, cv=cv, method="predict_proba")
-            self.estimator_ = est.fit(feats, yy)
-        ranked = find_label_issues(yy, probs, return_indices_ranked_by="self_confidence")
-        self.issues_ = np.sort(np.asarray(ranked, dtype=np.int64))
+            cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+            first = find_label_issues(yy, _out_of_fold(est, feats, yy, cv, None))
+            probs = _out_of_fold(est, feats, yy, cv, first)
+            issues = first | find_label_issues(yy, probs, filter_by="prune_by_class")
+            self.estimator_ = clone(est).fit(feats[~first], yy[~first]) if _all_classes(yy, ~first) else est.fit(feats, yy)
+        if self._given_probs is not None:
+            issues = find_label_issues(yy, probs)
+        self.issues_ = np.flatnonzero(issues).astype(np.int64)
         if self._given_probs is not None:
             self.__dict__.pop("estimator_", None)
         scores = 1.0 - probs[np.arange(yy.shape[0]), yy]
