@@ -162,8 +162,8 @@ def _poison(rec: Records, model: Any, seed: int, report_unconfirmed: bool) -> li
             out.append(Finding(rec.ids[i], int(i), "outliers", float(det.scores_[i]),
                                f"class {c}: robust distance {det.scores_[i]:.2f}x the class median in penultimate "
                                f"activations (threshold {det.screen_threshold_:.2f}), but no sign of a trigger: "
-                               f"overlaid on other classes' records they lose their label as often as the class's "
-                               f"other records (p={pv.get(c, 1.0):.2g}, AUC {det.overlay_auc_.get(c, 0.5):.2f}); an unusual "
+                               f"overlaid on other classes' records they do not keep their label clearly more often than "
+                               f"the class's other records (p={pv.get(c, 1.0):.2g}, AUC {det.overlay_auc_.get(c, 0.5):.2f}); an unusual "
                                "sub-population, not removed",
                                "spectre"))
     return out
