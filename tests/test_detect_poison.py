@@ -116,6 +116,10 @@ def test_audit_removes_confirmed_poison_and_reports_the_rest_as_outliers(poisone
     assert spectre_outliers and not spectre_outliers & poison
     kept = set(clean.plan(rec, result, ("poison",)).kept.tolist())
     assert spectre_outliers <= kept and not poison & kept
+    # without the confirmation, every record Spectre flags is poison: the same planted records and the rest
+    plain = {f.row for f in audit(rec, model=net, checks=("poison",), confirm_poison=False).findings}
+    assert spectre_outliers <= plain
+    assert mask[sorted(plain)].sum() / n_poison >= 0.95 - binomial_margin(n_poison, 0.05)   # measured 1.0
 
 
 def test_strip_flags_triggered_inputs(digits: bn.datasets.Dataset, poisoned: tuple[torch.nn.Module, Any]) -> None:

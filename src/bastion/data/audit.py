@@ -137,13 +137,23 @@ def _label_issues(rec: Records, model: Any, seed: int) -> list[Finding]:
             for i in np.flatnonzero(det.labels_)]
 
 
-def _poison(rec: Records, model: Any, seed: int, report_unconfirmed: bool) -> list[Finding]:
+def _poison(rec: Records, model: Any, seed: int, report_unconfirmed: bool, confirm: bool = True) -> list[Finding]:
     """Spectre with the overlay confirmation: poison findings only in classes where the flagged records carry
     a label-forcing feature; unusual records of unconfirmed classes become outlier findings when asked for
-    (``report_unconfirmed``), never poison ones, so ``clean`` keeps them (see ``bastion.detect.spectre``)."""
+    (``report_unconfirmed``), never poison ones, so ``clean`` keeps them (see ``bastion.detect.spectre``).
+    ``confirm=False``: every record Spectre flags is a poison finding (catches triggers an overlay destroys,
+    such as a faint blend, at the price of the honest rare records Spectre also flags)."""
     from bastion.detect import Spectre
 
     assert rec.y is not None
+    if not confirm:
+        plain = Spectre(seed=seed)
+        plain.fit(model, rec.x, rec.y)
+        t = float(np.asarray(plain.threshold_))
+        return [Finding(rec.ids[i], int(i), "poison", float(plain.scores_[i]),
+                        f"class {rec.y[i]}: robust distance {plain.scores_[i]:.2f}x the class median in penultimate "
+                        f"activations (threshold {t:.2f}); not confirmed by the overlay test (switched off)", "spectre")
+                for i in np.flatnonzero(plain.labels_)]
     det = Spectre(seed=seed, confirm=True)
     det.fit(model, rec.x, rec.y)
     pv = det.overlay_pvalues_
@@ -170,8 +180,9 @@ def _poison(rec: Records, model: Any, seed: int, report_unconfirmed: bool) -> li
 
 
 def audit(rec: Records, *, model: Any = None, test: Records | None = None, checks: tuple[str, ...] = CHECKS,
-          outlier_rate: float = 0.01, seed: int = 0) -> AuditResult:
-    """Run ``checks`` on ``rec``; ``test`` enables the leakage check, a PyTorch ``model`` the poison check."""
+          outlier_rate: float = 0.01, seed: int = 0, confirm_poison: bool = True) -> AuditResult:
+    """Run ``checks`` on ``rec``; ``test`` enables the leakage check, a PyTorch ``model`` the poison check
+    (``confirm_poison``: only classes the overlay test confirms, see ``_poison``)."""
     res = AuditResult(str(rec.path), len(rec), list(checks))
     if "duplicates" in checks:
         res.findings += _duplicates(rec)
@@ -198,5 +209,5 @@ def audit(rec: Records, *, model: Any = None, test: Records | None = None, check
         elif not enough:
             res.skipped["poison"] = "needs labels of at least two classes, five records each"
         else:
-            res.findings += _poison(rec, model, seed, "outliers" in checks)
+            res.findings += _poison(rec, model, seed, "outliers" in checks, confirm_poison)
     return res
