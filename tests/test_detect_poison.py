@@ -122,6 +122,29 @@ def test_audit_removes_confirmed_poison_and_reports_the_rest_as_outliers(poisone
     assert mask[sorted(plain)].sum() / n_poison >= 0.95 - binomial_margin(n_poison, 0.05)   # measured 1.0
 
 
+def test_cli_confirm_switch(poisoned: tuple[torch.nn.Module, Any], tmp_path: Any) -> None:
+    """`bastion data audit --no-confirm` is plain Spectre: the confirmed poison plus the unconfirmed flags,
+    which the default reports as outliers instead of poison."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bastion.cli.main import app as cli
+
+    net, res = poisoned
+    np.savez(tmp_path / "train.npz", x=res.x.numpy(), y=res.y.numpy())
+    torch.jit.script(net).save(str(tmp_path / "m.pt"))
+    poison: dict[str, set[str]] = {}
+    for flag in ("--confirm", "--no-confirm"):
+        r = CliRunner().invoke(cli, ["data", "audit", str(tmp_path / "train.npz"), "--model", str(tmp_path / "m.pt"),
+                                     "--checks", "poison", flag, "--json"])
+        assert r.exit_code == 1, r.output
+        poison[flag] = {f["record"] for f in json.loads(r.stdout)["findings"] if f["check"] == "poison"}
+    planted = {str(i) for i in np.flatnonzero(res.mask.numpy())}
+    assert poison["--confirm"] and poison["--confirm"] <= planted
+    assert poison["--confirm"] < poison["--no-confirm"]
+
+
 def test_strip_flags_triggered_inputs(digits: bn.datasets.Dataset, poisoned: tuple[torch.nn.Module, Any]) -> None:
     net, res = poisoned
     strip = STRIP(n_overlays=16, frr=0.02).fit(net, digits.x_test[:150])

@@ -90,7 +90,8 @@ def validate_cmd(
 
 
 def _audit(data: Path, label_column: str, model: Path | None, factory: str | None, trust_pickle: bool,
-           test: Path | None, checks: str | None, outlier_rate: float, seed: int) -> tuple[Any, Any]:
+           test: Path | None, checks: str | None, outlier_rate: float, seed: int,
+           confirm: bool = True) -> tuple[Any, Any]:
     from bastion.data import CHECKS, audit
 
     chosen = tuple(c.strip() for c in checks.split(",")) if checks else CHECKS
@@ -102,7 +103,8 @@ def _audit(data: Path, label_column: str, model: Path | None, factory: str | Non
     rec = _load(data, label_column)
     test_rec = _load(test, label_column) if test is not None else None
     m = _model(model, factory, trust_pickle)
-    return rec, audit(rec, model=m, test=test_rec, checks=chosen, outlier_rate=outlier_rate, seed=seed)
+    return rec, audit(rec, model=m, test=test_rec, checks=chosen, outlier_rate=outlier_rate, seed=seed,
+                      confirm_poison=confirm)
 
 
 @app.command("audit")
@@ -114,6 +116,11 @@ def audit_cmd(
     checks: str | None = typer.Option(None, "--checks", help="Comma-separated subset of duplicates,near-duplicates,leakage,outliers,label-issues,poison."),
     report: Path | None = typer.Option(None, "--report", help="Folder for report.html, report.md and report.json."),
     outlier_rate: float = typer.Option(0.01, "--outlier-rate", help="Share of records the outlier check reports."),
+    confirm: bool = typer.Option(True, "--confirm/--no-confirm", help="Poison: count Spectre's flags only in "
+                                 "classes an overlay test confirms carry a trigger (a patch survives being overlaid "
+                                 "on other records; keeps honest rare records). --no-confirm also removes flags of "
+                                 "unconfirmed classes: catches blended and clean-label triggers the overlay misses, "
+                                 "at the cost of a few % of clean records."),
     label_column: str = typer.Option("label", "--label-column", help=LABEL_HELP),
     factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).", metavar=""),
@@ -128,7 +135,7 @@ def audit_cmd(
 
     if report is not None:
         check_output_folder(report, "--report")
-    rec, res = _audit(data, label_column, model, factory, trust_pickle, test, checks, outlier_rate, seed)
+    rec, res = _audit(data, label_column, model, factory, trust_pickle, test, checks, outlier_rate, seed, confirm)
     if report is not None:
         write_reports(res, report, rec)
     if json_out:
@@ -153,6 +160,11 @@ def clean_cmd(
     remove: str = typer.Option("duplicates,leakage,label-issues,poison", "--remove", help="Checks whose findings are removed."),
     retrain: str | None = typer.Option(None, "--retrain", help="Train this zoo architecture (mlp, smallcnn) before and after cleaning and report test accuracy."),
     epochs: int = typer.Option(15, "--epochs", help="--retrain: training epochs."),
+    confirm: bool = typer.Option(True, "--confirm/--no-confirm", help="Poison: count Spectre's flags only in "
+                                 "classes an overlay test confirms carry a trigger (a patch survives being overlaid "
+                                 "on other records; keeps honest rare records). --no-confirm also removes flags of "
+                                 "unconfirmed classes: catches blended and clean-label triggers the overlay misses, "
+                                 "at the cost of a few % of clean records."),
     label_column: str = typer.Option("label", "--label-column", help=LABEL_HELP),
     factory: str | None = typer.Option(None, "--factory", help=FACTORY_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle model files (they can run code).", metavar=""),
@@ -179,7 +191,7 @@ def clean_cmd(
             raise InputError("--out", str(p), "a path other than the input (the input is never modified)")
     if log_path.exists() and not force:
         raise InputError("--log", f"{log_path}, which exists", "a new path, or --force to replace it")
-    rec, res = _audit(data, label_column, model, factory, trust_pickle, test, ",".join(chosen), 0.01, seed)
+    rec, res = _audit(data, label_column, model, factory, trust_pickle, test, ",".join(chosen), 0.01, seed, confirm)
     result = clean.plan(rec, res, chosen)
     clean.write(rec, result, out, log_path, force=force)
     summary: dict[str, Any] = {"data": str(data), "out": str(out), "log": str(log_path), "records": len(rec),
