@@ -6,11 +6,12 @@
    other 150 clean digits (the false-positive rate actually met) and on successful PGD (L-inf 0.2), Square
    (L-inf 0.2, 1,000 queries) and HopSkipJump (L2, 1,000 queries) adversarial examples against the same
    digits CNN. A batch of one example per request, as in the gateway.
-2. Latency at about ``--rate`` requests/s on loopback, measured by wrk (constant think time per connection,
-   so an open-loop-like rate; wrk's own latency percentiles): the model called directly in-process; a
-   plain FastAPI + Uvicorn wrapper of the same TorchScript model; the gateway with auth, validation, rate
-   limit and the SQLite audit log; the same plus two detectors (margin, Mahalanobis); the same with SQLite
-   ``synchronous=NORMAL`` (survives kill -9, not power loss); the same on PostgreSQL.
+2. Latency at about ``--rate`` requests/s on loopback, measured by wrk (``--conns`` connections with
+   exponential think times, so arrivals are close to a Poisson stream; wrk's own latency percentiles):
+   the model called directly in-process; a plain FastAPI + Uvicorn wrapper of the same TorchScript model;
+   the gateway with auth, validation, rate limit and the SQLite audit log (``audit_sync: normal``, the
+   default); the same plus two detectors (margin, Mahalanobis); the same with ``audit_sync: full`` (an
+   fsync before every answer); the same two on PostgreSQL.
    Added latency = gateway percentile - plain wrapper percentile, from the same run.
 3. Crash safety: the gateway under load is killed with SIGKILL; every 2xx that wrk logged (with the record's
    sequence number from ``X-Audit-Seq``) must be in the database, and ``audit verify`` must pass.
@@ -81,7 +82,11 @@ local log = nil
 function init(args)
   if os.getenv("LOG_FILE") ~= "" then log = io.open(os.getenv("LOG_FILE"), "a") end
 end
-function delay() return tonumber(os.getenv("DELAY_MS")) end
+-- Exponential think times (mean DELAY_MS): arrivals close to a Poisson stream. A constant delay keeps the
+-- connections in lockstep, so requests arrive in bursts of --conns and the last of each burst queues.
+local mean = tonumber(os.getenv("DELAY_MS"))
+math.randomseed(tonumber(os.getenv("SEED") or "1"))
+function delay() return math.floor(-mean * math.log(1 - math.random()) + 0.5) end
 function response(status, headers, body)
   if log then log:write(status, " ", headers["x-audit-seq"] or "-", "\\n"); log:flush() end
 end
