@@ -10,8 +10,9 @@ machine where the wall figures do not.
 
 Stages wrapped in the live app: auth (Authenticator.authenticate), rate limit, parse/validate
 (InputSpec.parse), model (Model.scores, outside detectors), each detector, audit enqueue and the wait for
-the durable commit (AuditLog.append), and the audit writer's commit itself (AuditLog._write, in its own
-thread). ``framework`` is what is left of the request's wall time: routing, body read, JSON parsing,
+the commit (AuditLog.append), and the commit itself (AuditLog._write: on the event loop with the default
+``audit_sync: normal``, where its CPU is in the ``commit`` row and in no request's own stages; on the writer
+thread with ``full``). ``framework`` is what is left of the request's wall time: routing, body read, JSON parsing,
 pydantic validation, dependency injection, response serialisation, metrics. The isolated pieces of it are
 timed separately (``micro``) on the same request body.
 """
