@@ -280,22 +280,29 @@ def test_certification_runs_when_the_policy_asks(files: dict[str, Path], tmp_pat
 
 
 def test_poisoning_audit_flags_a_badnets_training_set(digits: Any, tmp_path: Path) -> None:
-    # BadNets relabels 5 % of all records (about 67) to class 0 and Spectre finds them (test_detect_poison):
-    # measured 34 % of class 0 flagged against at most 25 % allowed. On the clean set the worst class is
-    # Spectre's false alarms alone, measured 18 % (class 1). Seeded, so the margins only absorb CPU numerics.
+    # BadNets relabels 1 % / 5 % of all records to class 0; Spectre, confirmed by the overlay test, flags
+    # measured 8.9 % / 34 % of class 0 against at most 2 % allowed (the default). On the clean set no class
+    # is confirmed: 0 % (plain Spectre's false alarms alone reach 16-18 % of a class, which would hide the
+    # 1 % poison). Seeded, so the margins only absorb CPU numerics.
     import bastion as bn
     from bastion.attacks.poisoning import BadNets
 
-    res = BadNets(target=0, rate=0.05, size=2)(digits.x_train, digits.y_train)
-    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8), res.x, res.y, epochs=15, seed=0)
-    model = tmp_path / "model.pt"
-    torch.jit.script(net).save(str(model))
-    np.savez(tmp_path / "poisoned.npz", x=res.x.numpy(), y=res.y.numpy())
     np.savez(tmp_path / "clean.npz", x=digits.x_train.numpy(), y=digits.y_train.numpy())
     pol = tmp_path / "p.yaml"
-    pol.write_text("robust_accuracy: null\nclean_accuracy: null\npoisoning: {max_flagged: 0.25}\n", encoding="utf-8")
-    code, body = run_json("--model", model, "--train", tmp_path / "poisoned.npz", "--policy", pol)
-    assert code == 1 and checks(body)["poisoning"]["verdict"] == "fail", checks(body)["poisoning"]
-    assert "class 0" in checks(body)["poisoning"]["figure_text"]
+    pol.write_text("robust_accuracy: null\nclean_accuracy: null\n", encoding="utf-8")  # poisoning: the default
+    for rate in (0.01, 0.05):
+        res = BadNets(target=0, rate=rate, size=2)(digits.x_train, digits.y_train)
+        net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8), res.x, res.y, epochs=15, seed=0)
+        model = tmp_path / f"model{rate}.pt"
+        torch.jit.script(net).save(str(model))
+        np.savez(tmp_path / "poisoned.npz", x=res.x.numpy(), y=res.y.numpy())
+        code, body = run_json("--model", model, "--train", tmp_path / "poisoned.npz", "--policy", pol)
+        c = checks(body)["poisoning"]
+        assert code == 1 and c["verdict"] == "fail", c
+        assert "class 0" in c["figure_text"] and c["details"]["confirmed_classes"] == [0], c
+        assert c["threshold"] == "<= 0.02 flagged in any class"
     code, body = run_json("--model", model, "--train", tmp_path / "clean.npz", "--policy", pol)
-    assert code == 0 and checks(body)["poisoning"]["verdict"] == "pass", checks(body)["poisoning"]
+    c = checks(body)["poisoning"]
+    assert code == 0 and c["verdict"] == "pass" and c["figure"] == 0.0 and not c["details"]["confirmed_classes"], c
+
+

@@ -59,10 +59,12 @@ robust_accuracy:
 certified_accuracy: null
 
 # Poisoning audit of the training data (--train): largest fraction of any one class's records that
-# a detector (Spectre) flags. On clean digits its false alarms reached 11-18 % in the worst class;
-# a 5 % BadNets poison pushed its target class to 34 %. Poison below a few percent can pass.
+# Spectre flags as poison, counted only in classes an overlay test confirms carry a trigger (a patch keeps
+# its label when overlaid on other records; an honest rare digit does not). Measured on digits: clean
+# training sets 0 % in every class; BadNets at 1 % poison 8.9 % of the target class, at 5 % 34 %.
+# Triggers an overlay destroys (blended, clean-label) are not confirmed and pass.
 poisoning:
-  max_flagged: 0.25
+  max_flagged: 0.02
 
 # Membership inference: AUC of the strongest attack telling training records (--members, or --train)
 # from records never trained on (--non-members, or --data), 0.5 = no leak. The fast and standard budgets
@@ -122,7 +124,7 @@ class Policy:
     clean_accuracy_min: float | None = 0.9
     robust_accuracy: RobustRule | None = field(default_factory=RobustRule)
     certified_accuracy: CertifyRule | None = None
-    poisoning_max_flagged: float | None = 0.25
+    poisoning_max_flagged: float | None = 0.02
     mia_auc_max: float | None = 0.6
     extraction: ExtractionRule | None = None
     source: str = "built-in defaults"
@@ -238,7 +240,7 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
         scan_fail_on=fail_on, signature=signature,
         clean_accuracy_min=None if clean is None else _fraction(clean, "min", 0.9, source, "clean_accuracy"),
         robust_accuracy=robust, certified_accuracy=certify,
-        poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.25, source, "poisoning"),
+        poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.02, source, "poisoning"),
         mia_auc_max=None if mia is None else _fraction(mia, "max", 0.6, source, "mia_auc"),
         extraction=extraction,
         source=source, sha256=digest)

@@ -442,24 +442,33 @@ class _Run:
             return CheckOutcome("poisoning", ERROR, self.data_problem("train"), threshold=threshold)
         self.tick("poisoning audit (Spectre)", 0.1, "poisoning")
         try:
-            det = Spectre(seed=self.ins.seed)
+            # confirmed by the overlay test: Spectre alone flags 10-18 % of a clean class (honest rare
+            # records), which would hide a 1 % poison under its false alarms
+            det = Spectre(seed=self.ins.seed, confirm=True)
             det.fit(model, data[0], data[1])
         except InputError as exc:
             if exc.argument == "model":
                 return skipped("poisoning", f"the detector needs a PyTorch model ({exc})", threshold)
             raise
-        # Poison concentrates in the classes it targets: the worst class's flagged share is what moves, while
-        # the share over all records stays near the detector's false-alarm rate when a few percent are poisoned.
+        # Poison concentrates in the classes it targets: the worst class's flagged share is what moves.
         labels = data[1].cpu().numpy()
         per_class = {int(c): float(det.labels_[labels == c].mean()) for c in np.unique(labels)}
         worst = max(per_class, key=lambda c: per_class[c])
         flagged = per_class[worst]
+        confirmed = sorted(int(c) for c in np.unique(labels) if np.isfinite(_class_threshold(det, int(c))))
         verdict = PASS if flagged <= limit else FAIL
-        return CheckOutcome("poisoning", verdict, f"Spectre flags {pct(flagged)} of class {worst}'s training records "
-                            f"({int(det.labels_.sum())} of {len(det.labels_)} overall)", figure=flagged, figure_text=f"{pct(flagged)} "
-                            f"(class {worst})", threshold=threshold,
+        if confirmed:
+            text = (f"Spectre confirms a trigger in class{'es' if len(confirmed) > 1 else ''} "
+                    f"{', '.join(map(str, confirmed))}: it flags {pct(flagged)} of class {worst}'s training records "
+                    f"({int(det.labels_.sum())} of {len(det.labels_)} overall)")
+        else:
+            text = (f"no class carries a trigger the overlay test confirms ({len(det.labels_)} records; "
+                    "unusual but honest records are not counted)")
+        return CheckOutcome("poisoning", verdict, text, figure=flagged, figure_text=f"{pct(flagged)} (class {worst})",
+                            threshold=threshold,
                             details={"records": len(det.labels_), "flagged": int(det.labels_.sum()),
-                                     "flagged_by_class": per_class, "detector": "Spectre", "max_fpr": det.max_fpr})
+                                     "flagged_by_class": per_class, "confirmed_classes": confirmed,
+                                     "detector": "Spectre (overlay-confirmed)", "max_fpr": det.max_fpr})
 
     # --- privacy: membership inference and extraction (bastion.privacy and its attacks) ------------------
     def members_path(self) -> Path | None:
@@ -580,3 +589,12 @@ class _Run:
         return CheckOutcome("extraction", verdict, f"{best.get('attack', 'the best copy')} agrees with the model on "
                             f"{pct(fid)} of held-out records after {rule.queries} queries{tr}", figure=fid,
                             figure_text=f"fidelity {pct(fid)}", threshold=threshold, details=details)
+
+
+def _class_threshold(det: Any, c: int) -> float:
+    """The confirmed Spectre's threshold for class ``c`` (infinite when the class is not confirmed)."""
+    thr = det.threshold_
+    if isinstance(thr, dict):
+        return float(thr.get(c, float("inf")))
+    arr = np.atleast_1d(np.asarray(thr, dtype=float))
+    return float(arr[c]) if arr.size > 1 and c < arr.size else float(arr[0])
