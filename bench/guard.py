@@ -21,9 +21,10 @@
    wall figures there include time waiting for a core. The plain wrapper runs through the same driver, so
    gateway total CPU - plain total CPU is the gateway's own cost per request.
 
-Flags: ``--duration`` (s per wrk run, default 10), ``--stage-requests`` (requests per in-process run, default
-1000), ``--skip-detection``, ``--skip-pg``, ``--skip-wrk`` (stages only: no wrk needed). The default run takes
-about 4-5 minutes on a quiet 2-core machine.
+Flags: ``--duration`` (s per wrk run, default 10), ``--repeats`` (interleaved rounds of every wrk run, default
+3; figures are medians), ``--stage-requests`` (requests per in-process run, default 1000), ``--skip-detection``,
+``--skip-pg``, ``--skip-wrk`` (stages only: no wrk needed). The default run takes about 8 minutes on a quiet
+2-core machine.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/out/guard.json"))
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of wrk runs; figures are medians over rounds")
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--blackbox-examples", type=int, default=40)
@@ -268,16 +270,16 @@ def main() -> None:
     latency: dict[str, Any] = {"direct_model_call": direct_latency(scripted, held)}
     env1 = {"OMP_NUM_THREADS": "1"}
 
-    port = free_port()
-    proc = start([sys.executable, "-m", "uvicorn", "plain_app:app", "--port", str(port), "--log-level", "warning",
-                  "--no-access-log"], {**env1, "PYTHONPATH": str(work)})
-    try:
-        wait_ready_plain(port, proc)
-        latency["plain_fastapi"], _ = run_wrk(port, "/v2/models/model/infer", work, "none", args.duration,
-                                              args.rate, args.conns)
-    finally:
-        stop(proc)
-    print(f"  plain: {latency['plain_fastapi']}", file=sys.stderr)
+    def plain_run() -> dict[str, float]:
+        port = free_port()
+        proc = start([sys.executable, "-m", "uvicorn", "plain_app:app", "--port", str(port), "--log-level",
+                      "warning", "--no-access-log"], {**env1, "PYTHONPATH": str(work)})
+        try:
+            wait_ready_plain(port, proc)
+            stats, _ = run_wrk(port, "/v2/models/model/infer", work, "none", args.duration, args.rate, args.conns)
+            return stats
+        finally:
+            stop(proc)
 
     pg_schema = f"bench_guard_{uuid.uuid4().hex[:8]}"
     variants = [("gateway_sqlite_no_detectors", f"sqlite:///{work / 'a.db'}", "none.yaml"),
@@ -292,11 +294,23 @@ def main() -> None:
         variants += [("gateway_postgres_two_detectors", pg, "two.yaml"),
                      ("gateway_postgres_full_sync_two_detectors", pg, "two_full.yaml")]
     try:
-        for name, db, cfg in variants:
-            latency[name] = gateway_run(work, db, cfg, args)
+        # Rounds interleave the plain wrapper and every gateway variant, so slow drift of the machine touches
+        # all alike; each figure is the median over rounds, and added = the gateway's median minus the plain's.
+        runs: dict[str, list[dict[str, float]]] = {}
+        for r in range(args.repeats):
+            runs.setdefault("plain_fastapi", []).append(plain_run())
+            print(f"  round {r + 1} plain: {runs['plain_fastapi'][-1]}", file=sys.stderr)
+            for name, db, cfg in variants:
+                runs.setdefault(name, []).append(gateway_run(work, db, cfg, args))
+                print(f"  round {r + 1} {name}: {runs[name][-1]}", file=sys.stderr)
+        for name, rs in runs.items():
+            latency[name] = {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
+            latency[name]["rounds"] = rs
+        for name, _, _ in variants:
             for p in ("p50_ms", "p99_ms"):
                 latency[name][f"added_{p}"] = latency[name][p] - latency["plain_fastapi"][p]
-            print(f"  {name}: {latency[name]}", file=sys.stderr)
+                latency[name][f"added_{p}_rounds"] = [g[p] - q[p] for g, q in zip(runs[name], runs["plain_fastapi"],
+                                                                                   strict=True)]
         result["latency"] = latency
         result["crash"] = crash_run(work, f"sqlite:///{work / 'crash.db'}", args)
         print(f"  crash: {result['crash']}", file=sys.stderr)
@@ -421,15 +435,17 @@ def summary(r: dict[str, Any], args: argparse.Namespace) -> str:
     lat = r.get("latency", {})
     parts = []
     if lat:
-        parts.append(f"plain FastAPI p50/p99 {lat['plain_fastapi']['p50_ms']:.2f}/"
-                     f"{lat['plain_fastapi']['p99_ms']:.2f} ms at {lat['plain_fastapi']['rps']:.0f} req/s")
+        parts.append(f"medians of {args.repeats} interleaved rounds: plain FastAPI p50/p99 "
+                     f"{lat['plain_fastapi']['p50_ms']:.2f}/{lat['plain_fastapi']['p99_ms']:.2f} ms at "
+                     f"{lat['plain_fastapi']['rps']:.0f} req/s")
     for name in ("gateway_sqlite_no_detectors", "gateway_sqlite_two_detectors",
                  "gateway_sqlite_full_sync_two_detectors", "gateway_postgres_two_detectors",
                  "gateway_postgres_full_sync_two_detectors"):
         if name in lat:
             v = lat[name]
+            rounds = "/".join(f"{x:+.2f}" for x in v.get("added_p99_ms_rounds", []))
             parts.append(f"{name.replace('gateway_', '')}: added p50 {v['added_p50_ms']:+.2f} ms, p99 "
-                         f"{v['added_p99_ms']:+.2f} ms ({v['rps']:.0f} req/s)")
+                         f"{v['added_p99_ms']:+.2f} ms ({v['rps']:.0f} req/s; p99 rounds {rounds})")
     det = r.get("detection", {})
     if det:
         parts.append(f"detected at FPR {args.fpr:.2f} (clean FPR met; PGD/Square/HSJ): " + "; ".join(
