@@ -74,9 +74,10 @@ def profile_gateway(gw: Any, app: Any, key: str, body: bytes, *, rate: float = 2
     orig = {"auth": auth.authenticate, "ratelimit": limiter.check, "parse": spec.parse, "model": model.scores,
             "append": audit.append, "write": audit._write,
             "dets": [(d, d.score) for d in gw.detectors]}
-    import bastion.guard.app as app_module
+    import bastion.guard.batching as app_module
 
-    app_forward = getattr(app_module, "forward", None)  # model call through detectors.forward (one pass)
+    # the model call: detectors.forward (logits and features in one pass), as the micro-batcher makes it
+    app_forward = getattr(app_module, "forward", None)
     if app_forward is not None:
         app_module.forward = clock.wrap("model", app_forward)  # type: ignore[attr-defined]
     auth.authenticate = clock.wrap("auth", orig["auth"])

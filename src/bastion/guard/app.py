@@ -29,8 +29,9 @@ from starlette.routing import Route
 
 from bastion.core.adapters import Model
 from bastion.guard.audit import AuditLog
+from bastion.guard.batching import MicroBatcher
 from bastion.guard.config import GuardConfig
-from bastion.guard.detectors import Detector, forward, to_probs
+from bastion.guard.detectors import Detector, remember, to_probs
 from bastion.guard.keys import Authenticator, KeyInfo, KeyStore
 from bastion.guard.live import Live
 from bastion.guard.ratelimit import Limit, RateLimiter
@@ -56,6 +57,7 @@ class Gateway:
     detectors: list[Detector] = field(default_factory=list)
     auth: Authenticator | None = None
     live: Live | None = None  # monitors, playbooks, serving state, registry following (see .live)
+    batcher: MicroBatcher = field(default_factory=MicroBatcher)
 
     def __post_init__(self) -> None:
         if self.auth is None:
@@ -269,9 +271,10 @@ def create_app(gw: Gateway) -> FastAPI:
         if gw.config.store_inputs:
             request.state.input_data = json.dumps(arr.tolist())
         x = torch.from_numpy(arr)
-        with torch.no_grad():
-            # model.scores(x), keeping the penultimate features for feature-space detectors (one forward pass)
-            scores = forward(model, x).float()
+        # model.scores(x) with the penultimate features for feature-space detectors (one forward pass), shared
+        # with the other requests that reach this point in the same turn of the event loop
+        scores, feats = await gw.batcher.scores(model, x)
+        remember(model, x, feats)
         probs = to_probs(scores)
         fired: list[Detector] = []
         all_scores: dict[str, float] = {}

@@ -4,6 +4,7 @@ Example::
 
     model_name: digits
     max_batch: 64            # examples per request
+    micro_batch: {max_examples: 256}   # concurrent requests share a forward pass (false: one pass each)
     max_body_bytes: 1000000  # larger requests get 413 before they are parsed
     store_inputs: false      # audit records keep the input's SHA-256; true also keeps the input
     audit_sync: normal       # normal: a 2xx's record survives kill -9 at once and power loss within
@@ -41,7 +42,7 @@ from typing import Any
 
 from bastion.errors import InputError
 
-_TOP = {"audit_sync", "audit_flush_s", "model_name", "input_shape", "max_batch", "max_body_bytes", "store_inputs", "checkpoint", "defaults",
+_TOP = {"audit_sync", "audit_flush_s", "micro_batch", "model_name", "input_shape", "max_batch", "max_body_bytes", "store_inputs", "checkpoint", "defaults",
         "detectors", "fpr", "monitor", "playbooks", "alerts", "poll_s"}
 _MONITOR_KEYS = {"window", "alpha", "monitors", "per_key", "global", "baseline", "n_permutations"}
 _ALERT_KEYS = {"url", "format", "secret_env", "retries", "backoff", "timeout"}
@@ -119,6 +120,8 @@ class GuardConfig:
     model_name: str | None = None
     input_shape: tuple[int, ...] | None = None
     max_batch: int = 64
+    micro_batch: bool = True
+    micro_batch_max: int = 256
     max_body_bytes: int = 1_000_000
     store_inputs: bool = False
     audit_sync: str = "normal"
@@ -163,6 +166,15 @@ class GuardConfig:
             alerts=AlertSettings.from_dict(raw["alerts"]) if raw.get("alerts") else None,
             poll_s=float(raw.get("poll_s", 1.0)),
         )
+        mb = raw.get("micro_batch", True)
+        if isinstance(mb, bool):
+            cfg.micro_batch = mb
+        elif isinstance(mb, dict) and set(mb) <= {"max_examples"}:
+            cfg.micro_batch_max = int(mb.get("max_examples", 256))
+        else:
+            raise InputError("micro_batch", mb, "true, false or {max_examples: N}")
+        if cfg.micro_batch_max < 1:
+            raise InputError("micro_batch.max_examples", cfg.micro_batch_max, "an integer >= 1")
         if raw.get("playbooks"):
             from bastion.respond.playbook import parse_playbooks
 

@@ -99,6 +99,21 @@ def forward(model: Any, x: Tensor) -> Tensor:
     return logits
 
 
+def last_features(model: Any, x: Tensor) -> np.ndarray | None:
+    """The penultimate features :func:`forward` kept for exactly ``x`` (unchanged since), else None."""
+    entry = getattr(_LAST, "entry", None)
+    if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2]() is model:
+        return np.asarray(entry[3])
+    return None
+
+
+def remember(model: Any, x: Tensor, feats: np.ndarray | None) -> None:
+    """Keep ``feats`` as ``x``'s penultimate features for :func:`features` (a request's share of a
+    micro-batched forward pass, see :mod:`.batching`)."""
+    if feats is not None:
+        _LAST.entry = (weakref.ref(x), x._version, weakref.ref(model), feats)
+
+
 def features(model: Any, x: Tensor) -> np.ndarray:
     """Inputs of the model's last linear layer (its penultimate features), or the flattened inputs."""
     entry = getattr(_LAST, "entry", None)

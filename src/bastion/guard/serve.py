@@ -14,6 +14,7 @@ import torch
 from bastion.errors import InputError
 from bastion.guard.app import Gateway, create_app
 from bastion.guard.audit import AuditLog
+from bastion.guard.batching import MicroBatcher
 from bastion.guard.config import GuardConfig
 from bastion.guard.db import default_url, make_engine, migrate
 from bastion.guard.detectors import build
@@ -151,7 +152,8 @@ def build_gateway(opts: ServeOptions) -> Gateway:
     audit = AuditLog(engine, signing_key, checkpoint_every=cfg.checkpoint_every,
                      checkpoint_seconds=cfg.checkpoint_seconds, sync=cfg.audit_sync, flush_seconds=cfg.audit_flush_s)
     gw = Gateway(model=slot.model, spec=spec, config=cfg, keys=KeyStore(engine, redis), limiter=limiter, audit=audit,
-                 model_name=cfg.model_name or default_name, model_version=slot.version, detectors=slot.detectors)
+                 model_name=cfg.model_name or default_name, model_version=slot.version, detectors=slot.detectors,
+                 batcher=MicroBatcher(cfg.micro_batch_max, cfg.micro_batch))
     if cfg.monitor is not None or cfg.playbooks or registry is not None:
         gw.live = _build_live(gw, cfg, slot, registry, follow, make_slot, opts, reg_db if use_registry else db)
     return gw
