@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion.lazy import lazy_members
 
 if TYPE_CHECKING:
     from bastion.assess.evaluate import evaluate
@@ -24,9 +25,4 @@ _WHERE = {"evaluate": "evaluate", "AttackStats": "result", "EvaluationResult": "
           "build_attack": "suites"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bastion.assess' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bastion.assess.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_members("bastion.assess", _WHERE, globals())

@@ -11,8 +11,9 @@ checkpoint-signed audit log (:mod:`.audit`) before the answer leaves.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion.lazy import lazy_members
 
 if TYPE_CHECKING:
     from bastion.guard.app import Gateway, create_app
@@ -30,9 +31,4 @@ __all__ = ["AuditLog", "Gateway", "GuardConfig", "KeyStore", "ServeOptions", "Ve
            "create_app", "verify"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bastion.guard' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bastion.guard.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_members("bastion.guard", _WHERE, globals())

@@ -11,8 +11,9 @@ rate per window for all of them together.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion.lazy import lazy_members
 
 if TYPE_CHECKING:
     from bastion.monitor.baseline import MONITORS, Baseline, StreamMonitor, WindowReport, model_probabilities
@@ -34,12 +35,7 @@ _WHERE = {"MONITORS": "baseline", "Baseline": "baseline", "StreamMonitor": "base
           "as_probabilities": "outputs", "margins": "outputs", "DriftResult": "result"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bastion.monitor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bastion.monitor.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_members("bastion.monitor", _WHERE, globals())
 
 
 __all__ = [

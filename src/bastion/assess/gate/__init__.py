@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion.lazy import lazy_members
 
 if TYPE_CHECKING:
     from bastion.assess.gate.checks import CATALOGUE, CheckInfo, CheckOutcome
@@ -26,9 +27,4 @@ _WHERE = {"CATALOGUE": "checks", "CheckInfo": "checks", "CheckOutcome": "checks"
           "assess": "runner"}
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'bastion.assess.gate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bastion.assess.gate.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_members("bastion.assess.gate", _WHERE, globals())
