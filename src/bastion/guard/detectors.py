@@ -95,7 +95,7 @@ def forward(model: Any, x: Tensor) -> Tensor:
         finally:
             handle.remove()
         feats = seen[-1].flatten(1)
-    _LAST.entry = (weakref.ref(x), x._version, weakref.ref(model), feats.detach().double().numpy())
+    remember(model, x, feats.detach().double().numpy())
     return logits
 
 
@@ -103,7 +103,7 @@ def last_features(model: Any, x: Tensor) -> np.ndarray | None:
     """The penultimate features :func:`forward` kept for exactly ``x`` (unchanged since), else None."""
     entry = getattr(_LAST, "entry", None)
     if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2]() is model:
-        return np.asarray(entry[3])
+        return entry[3]
     return None
 
 
@@ -116,16 +116,12 @@ def remember(model: Any, x: Tensor, feats: np.ndarray | None) -> None:
 
 def features(model: Any, x: Tensor) -> np.ndarray:
     """Inputs of the model's last linear layer (its penultimate features), or the flattened inputs."""
-    entry = getattr(_LAST, "entry", None)
-    if entry is not None and entry[0]() is x and entry[1] == x._version and entry[2]() is model:
-        return entry[3]
-    if _module(model) is not None:
+    cached = last_features(model, x)
+    if cached is None and _module(model) is not None:
         with torch.no_grad():
             forward(model, x)
-        entry = getattr(_LAST, "entry", None)
-        if entry is not None and entry[0]() is x:
-            return entry[3]
-    return x.flatten(1).double().numpy()
+        cached = last_features(model, x)
+    return cached if cached is not None else x.flatten(1).double().numpy()
 
 
 def _probs(model: Any, x: Tensor) -> Tensor:
