@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -49,6 +49,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from bastion.guard.db import AuditRecord, ChainHead, Checkpoint
+from bastion.guard.turns import TurnBatches
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class AuditLog:
         self._dir_synced = False
         #: SQLite without a per-commit fsync commits on the event loop itself (see append)
         self.inline = sync == "normal" and engine.dialect.name == "sqlite"
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[int]]]] = {}
+        self._turns: TurnBatches[dict[str, Any], int] = TurnBatches(self._commit_inline)
         self._inline_lock = threading.Lock()
         self._inline_conn: Any = None
         self._inline_pid = 0
@@ -269,14 +270,10 @@ class AuditLog:
         event loop, once per loop iteration for every record queued in it; a hop to the writer thread would
         cost more in wake-ups and GIL hand-overs than the commit itself. Otherwise the writer thread commits
         (an fsync or a network round trip must not stall the loop)."""
+        if self.inline:
+            return await self._turns.submit(None, entry)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        if self.inline:
-            pending = self._pending.setdefault(loop, [])
-            pending.append((entry, fut))
-            if len(pending) == 1:
-                loop.call_soon(self._commit_inline, loop)
-            return await fut
         with self._wake:
             self._queue.append((entry, fut, loop))
             self._wake.notify()
@@ -284,10 +281,7 @@ class AuditLog:
             self.start()
         return await fut
 
-    def _commit_inline(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._pending.pop(loop, [])
-        if not batch:
-            return
+    def _commit_inline(self, _key: Hashable, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]) -> None:
         seqs: list[int] | None = None
         error: BaseException | None = None
         try:

@@ -1,12 +1,12 @@
 """Micro-batching: the model calls of requests that are ready at the same moment share one forward pass.
 
-A request hands its (validated) batch to :meth:`MicroBatcher.scores` and awaits its share. The first
-request queued for a model schedules one run for the next turn of the event loop (``call_soon``), so a
-request that is alone waits for nothing but that turn, and every request that reached the model stage
-meanwhile (concurrent connections, one loop) joins it: under load the gateway runs one forward pass per
-loop turn instead of one per request. Rows are concatenated up to ``max_examples`` per pass, and every
-request gets its own rows of the logits and of the penultimate features (which the feature-space
-detectors then reuse, see :func:`bastion.guard.detectors.remember`). A model that refuses a batch of
+A request hands its (validated) batch to :meth:`MicroBatcher.scores` and awaits its share. Requests that
+reach the model stage in the same turn of the event loop (concurrent connections, one loop) are run together
+at the end of that turn (:class:`~bastion.guard.turns.TurnBatches`), so a request that is alone waits for
+nothing but that turn: under load the gateway runs one forward pass per loop turn instead of one per
+request. Rows are concatenated up to ``max_examples`` per pass, and every request gets its own rows of the
+logits and of the penultimate features (which the feature-space detectors then reuse, see
+:func:`bastion.guard.detectors.remember`). A model that refuses a batch of
 several requests (an ONNX graph with a fixed batch of 1) is called once per request instead, and the
 failure of one request's rows fails only that request.
 """
@@ -14,6 +14,7 @@ failure of one request's rows fails only that request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from bastion.guard.detectors import forward, last_features
+from bastion.guard.turns import TurnBatches
 
 #: (logits, penultimate features or None) of one request's rows
 Share = tuple[Tensor, np.ndarray | None]
@@ -32,30 +34,21 @@ class MicroBatcher:
     def __init__(self, max_examples: int = 256, enabled: bool = True) -> None:
         self.max_examples = max_examples
         self.enabled = enabled
-        self._pending: dict[tuple[asyncio.AbstractEventLoop, int],
-                            tuple[Any, list[tuple[Tensor, asyncio.Future[Share]]]]] = {}
-        self.passes = 0  # forward passes run (what the tests and the metrics read)
-        self.requests = 0
+        self._turns: TurnBatches[tuple[Any, Tensor], Share] = TurnBatches(self._run)
+        self.passes = 0  # forward passes run (what the tests read)
 
     async def scores(self, model: Any, x: Tensor) -> Share:
         """``model``'s logits (float32) and penultimate features for ``x``, computed with whatever other
         requests are waiting for the same model in this turn of the event loop."""
         if not self.enabled:
             return _run_one(model, x)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Share] = loop.create_future()
-        key = (loop, id(model))
-        entry = self._pending.get(key)
-        if entry is None:
-            entry = (model, [])
-            self._pending[key] = entry
-            loop.call_soon(self._run, key)
-        entry[1].append((x, fut))
-        return await fut
+        return await self._turns.submit(id(model), (model, x))
 
-    def _run(self, key: tuple[asyncio.AbstractEventLoop, int]) -> None:
-        model, items = self._pending.pop(key)
-        items = [(x, f) for x, f in items if not f.done()]  # a cancelled request (client gone) is dropped
+    def _run(self, _key: Hashable, batch: list[tuple[tuple[Any, Tensor], asyncio.Future[Share]]]) -> None:
+        items = [(x, f) for (_, x), f in batch if not f.done()]  # a cancelled request (client gone) is dropped
+        if not items:
+            return
+        model = batch[0][0][0]
         chunk: list[tuple[Tensor, asyncio.Future[Share]]] = []
         rows = 0
         for x, fut in items:
@@ -68,7 +61,6 @@ class MicroBatcher:
             self._pass(model, chunk)
 
     def _pass(self, model: Any, chunk: list[tuple[Tensor, asyncio.Future[Share]]]) -> None:
-        self.requests += len(chunk)
         if len(chunk) == 1:
             self.passes += 1
             _settle(chunk[0][1], model, chunk[0][0])
