@@ -455,7 +455,9 @@ class _Run:
         per_class = {int(c): float(det.labels_[labels == c].mean()) for c in np.unique(labels)}
         worst = max(per_class, key=lambda c: per_class[c])
         flagged = per_class[worst]
-        confirmed = sorted(int(c) for c in np.unique(labels) if np.isfinite(_class_threshold(det, int(c))))
+        # a confirmed Spectre's threshold_ holds one cut per class, infinite where no trigger was confirmed
+        cuts = np.atleast_1d(np.asarray(det.threshold_, dtype=float))
+        confirmed = [int(c) for c in np.unique(labels) if np.isfinite(cuts[int(c)])]
         verdict = PASS if flagged <= limit else FAIL
         if confirmed:
             text = (f"Spectre confirms a trigger in class{'es' if len(confirmed) > 1 else ''} "
@@ -589,12 +591,3 @@ class _Run:
         return CheckOutcome("extraction", verdict, f"{best.get('attack', 'the best copy')} agrees with the model on "
                             f"{pct(fid)} of held-out records after {rule.queries} queries{tr}", figure=fid,
                             figure_text=f"fidelity {pct(fid)}", threshold=threshold, details=details)
-
-
-def _class_threshold(det: Any, c: int) -> float:
-    """The confirmed Spectre's threshold for class ``c`` (infinite when the class is not confirmed)."""
-    thr = det.threshold_
-    if isinstance(thr, dict):
-        return float(thr.get(c, float("inf")))
-    arr = np.atleast_1d(np.asarray(thr, dtype=float))
-    return float(arr[c]) if arr.size > 1 and c < arr.size else float(arr[0])
