@@ -124,6 +124,9 @@ def parse_wrk(text: str) -> dict[str, float]:
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
         if m:
             out[f"p{pct}_ms"] = float(m.group(1)) * units[m.group(2)]
+    m = re.search(r"^\s+Latency\s+([\d.]+)(us|ms|s)\s", text, re.M)
+    if m:
+        out["mean_ms"] = float(m.group(1)) * units[m.group(2)]
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     out["rps"] = float(m.group(1)) if m else float("nan")
     m = re.search(r"(\d+) requests in", text)
@@ -137,9 +140,11 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
             log: Path | None = None, timeout_s: float | None = None, warmup_s: int = 2) -> tuple[dict[str, float], str]:
     """wrk at about ``rate`` requests/s: each connection waits DELAY between requests, so the rate is
     conns / (delay + latency). A ``warmup_s`` run first (not measured: TorchScript optimises its graph on the
-    first calls, pools fill) also measures the time a request adds to DELAY, which DELAY is then shortened by."""
+    first calls, pools fill), then a second one measures the median latency, which DELAY is shortened by, so
+    every server gets the same rate whatever its own latency (a fractional DELAY: the think times are
+    drawn per request, so their mean need not be whole milliseconds)."""
 
-    def once(seconds: int, delay_ms: int, log_file: Path | None) -> tuple[dict[str, float], str]:
+    def once(seconds: int, delay_ms: float, log_file: Path | None) -> tuple[dict[str, float], str]:
         env = {**os.environ, "BODY_FILE": str(work / "body.json"), "API_KEY": key, "DELAY_MS": str(delay_ms),
                "LOG_FILE": str(log_file or "")}
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(work / "rate.lua"), f"http://127.0.0.1:{port}{path}"]
@@ -147,14 +152,15 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
         return parse_wrk(res.stdout), res.stdout
 
     period_ms = 1000 * conns / rate
-    delay_ms = max(1, round(period_ms - 1))
+    delay_ms = max(1.0, period_ms - 1)
     if warmup_s > 0:
-        warm, _ = once(warmup_s, delay_ms, None)
-        if warm.get("rps", 0) > 0:  # the time a request adds to the delay, as wrk's own rate shows it
-            overhead_ms = max(0.0, 1000 * conns / warm["rps"] - delay_ms)
-            delay_ms = max(1, round(period_ms - overhead_ms))
+        once(warmup_s, delay_ms, None)
+        calib, _ = once(warmup_s, delay_ms, None)
+        # the median, not the mean: one stall in a 2 s run would move the mean, and the rate with it
+        if calib.get("p50_ms", 0) > 0:
+            delay_ms = max(1.0, round(period_ms - calib["p50_ms"], 2))
     stats, text = once(duration, delay_ms, log)
-    stats["delay_ms"] = float(delay_ms)
+    stats["delay_ms"] = delay_ms
     return stats, text
 
 
@@ -225,6 +231,9 @@ def main() -> None:
     ap.add_argument("--skip-detection", action="store_true")
     ap.add_argument("--skip-wrk", action="store_true", help="only the in-process per-stage costs (no wrk needed)")
     ap.add_argument("--stage-requests", type=int, default=1000)
+    ap.add_argument("--variants", default="", help="comma-separated gateway variants to run (default all), e.g. "
+                                                   "sqlite_two_detectors,postgres_two_detectors")
+    ap.add_argument("--skip-crash", action="store_true", help="no kill -9 run")
     args = ap.parse_args()
     if shutil.which("wrk") is None and not args.skip_wrk:
         sys.exit("bench/guard.py needs wrk (Debian: apt-get install wrk), or --skip-wrk for the stage costs only")
@@ -293,6 +302,13 @@ def main() -> None:
         pg = f"{PG}?options=-csearch_path%3D{pg_schema}"
         variants += [("gateway_postgres_two_detectors", pg, "two.yaml"),
                      ("gateway_postgres_full_sync_two_detectors", pg, "two_full.yaml")]
+    if args.variants:
+        wanted = {v.strip() for v in args.variants.split(",") if v.strip()}
+        unknown = wanted - {name.removeprefix("gateway_") for name, _, _ in variants}
+        if unknown:
+            sys.exit(f"unknown --variants {sorted(unknown)}: choose from "
+                     f"{[name.removeprefix('gateway_') for name, _, _ in variants]}")
+        variants = [v for v in variants if v[0].removeprefix("gateway_") in wanted]
     try:
         # Rounds interleave the plain wrapper and every gateway variant, so slow drift of the machine touches
         # all alike; each figure is the median over rounds, and added = the gateway's median minus the plain's.
@@ -312,8 +328,9 @@ def main() -> None:
                 latency[name][f"added_{p}_rounds"] = [g[p] - q[p] for g, q in zip(runs[name], runs["plain_fastapi"],
                                                                                    strict=True)]
         result["latency"] = latency
-        result["crash"] = crash_run(work, f"sqlite:///{work / 'crash.db'}", args)
-        print(f"  crash: {result['crash']}", file=sys.stderr)
+        if not args.skip_crash:
+            result["crash"] = crash_run(work, f"sqlite:///{work / 'crash.db'}", args)
+            print(f"  crash: {result['crash']}", file=sys.stderr)
     finally:
         if not args.skip_pg:
             import psycopg

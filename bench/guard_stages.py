@@ -98,14 +98,15 @@ def profile_gateway(gw: Any, app: Any, key: str, body: bytes, *, rate: float = 2
         """Awaitable around ``AuditLog.append``: its synchronous part (building and queueing the record)
         is the enqueue, the rest (until the durable commit wakes it) is the wait."""
 
-        def __init__(self, entry: dict[str, Any]) -> None:
+        def __init__(self, entry: dict[str, Any], *args: Any) -> None:
             self.entry = entry
+            self.args = args
 
         def __await__(self) -> Any:
             cur = clock.current
             assert cur is not None
             w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-            it = orig["append"](self.entry).__await__()
+            it = orig["append"](self.entry, *self.args).__await__()
             try:
                 y = it.send(None)
             except StopIteration as stop:
@@ -131,8 +132,8 @@ def profile_gateway(gw: Any, app: Any, key: str, body: bytes, *, rate: float = 2
                     cur["_loop_cpu_in_wait"][1] += time.thread_time_ns() - c1
                     return stop.value
 
-    def append(entry: dict[str, Any]) -> Any:
-        return _TimedAppend(entry)
+    def append(entry: dict[str, Any], *args: Any) -> Any:
+        return _TimedAppend(entry, *args)
 
     audit._write = write
     audit.append = append

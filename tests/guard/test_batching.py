@@ -137,3 +137,29 @@ def test_micro_batch_config(make_gateway: Any, tmp_path: Path) -> None:
             GuardConfig.from_dict({"micro_batch": bad})
     gw = make_gateway(f"sqlite:///{tmp_path / 'off.db'}", {"micro_batch": False})
     assert not gw.batcher.enabled
+
+
+def test_turn_batches_run_a_lone_item_at_once_and_join_a_waiting_batch() -> None:
+    from bastion.guard.turns import TurnBatches
+
+    runs: list[list[int]] = []
+
+    def run(_key: Any, batch: list[tuple[int, asyncio.Future[int]]]) -> None:
+        runs.append([item for item, _ in batch])
+        for item, fut in batch:
+            fut.set_result(item * 10)
+
+    turns: TurnBatches[int, int] = TurnBatches(run)
+
+    async def main() -> None:
+        order: list[str] = []
+        asyncio.get_running_loop().call_soon(order.append, "next turn")
+        assert await turns.submit("k", 1, defer=False) == 10   # alone: run before the loop turns
+        assert order == [] and runs == [[1]]
+        deferred = asyncio.ensure_future(turns.submit("k", 2))
+        await asyncio.sleep(0)                                  # 2 is now waiting for the end of a turn
+        joined = await turns.submit("k", 3, defer=False)        # joins 2's batch instead of jumping ahead
+        assert (await deferred, joined) == (20, 30)
+        assert runs == [[1], [2, 3]]
+
+    asyncio.run(main())

@@ -7,7 +7,9 @@ the audit writer is a thread, shared by all requests of the process (group commi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import sys
@@ -25,9 +27,19 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.routing import Route
 
 from bastion.core.adapters import Model
+from bastion.guard.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    headers_of,
+    infer_model_name,
+    read_body,
+    send_json,
+    too_large,
+)
 from bastion.guard.audit import AuditLog
 from bastion.guard.batching import MicroBatcher
 from bastion.guard.config import GuardConfig
@@ -91,14 +103,11 @@ class _BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                body = RequestRejected(413, "request too large", "body", f"{length.decode(errors='replace')} bytes",
-                                       f"at most {self.limit} bytes").body()
-                await JSONResponse(body, status_code=413)(scope, receive, send)
+            oversize = too_large(headers_of(scope, b"content-length")[0], self.limit)
+            if oversize is not None:
+                await send_json(send, 413, oversize.body())
                 return
         await self.app(scope, receive, send)
 
@@ -116,8 +125,54 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def create_app(gw: Gateway) -> FastAPI:
+@dataclass
+class _Call:
+    """What the audit record of one inference request needs, gathered as the request goes."""
+
+    t0: float
+    client: str
+    key_id: str | None = None
+    request_id: str | None = None
+    model_version: str | None = None
+    digest: str | None = None
+    input_data: str | None = None
+    scores: dict[str, float] | None = None
+
+
+class _AuditDown(Exception):
+    """The audit log could not commit this request's record: it must not be answered (503)."""
+
+
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app; ``POST /v2/models/{name}/infer`` is answered before FastAPI's middleware
+    and router see it (see :mod:`.asgi`), by the same code the documented FastAPI route runs."""
+
+    fast_infer: Callable[[str, Scope, Receive, Send], Awaitable[None]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and self.fast_infer is not None:
+            name = infer_model_name(scope["path"])
+            if name is not None:
+                await self.fast_infer(name, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _malformed(errors: list[Any]) -> RequestRejected:
+    """422 naming the first field pydantic refused, what was given and what was expected."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field_name = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or "body"
+    given = first.get("input")
+    return RequestRejected(422, "malformed request", field_name, "missing" if first.get("type") == "missing"
+                           else json.dumps(given, default=str)[:200], first.get("msg", "a valid request body"))
+
+
+def create_app(gw: Gateway) -> GatewayApp:
     """The FastAPI app serving ``gw`` (KServe v2 endpoints, /metrics, OpenAPI at /openapi.json)."""
+    # imported here, not per request, and not at module import (the defenses package is large)
+    from bastion.defenses.coarsening import OutputPolicy, apply_output_policy
+
     metrics = _Metrics()
     # The audit writer (and the live monitors) are threads: at Python's default 5 ms switch interval a
     # request that is ready to run can wait 5 ms for the GIL while the writer hashes a batch. 0.5 ms bounds
@@ -129,75 +184,85 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything loaded at start-up (torch, the model, SQLAlchemy, FastAPI) lives as long as the
+        # process: moved out of the collector's view, a full collection no longer walks ~400k objects
+        # (tens of milliseconds with every request in flight waiting on it).
+        gc.collect()
+        gc.freeze()
         yield
         if gw.live is not None:
             gw.live.stop()
         gw.audit.stop()
 
-    app = FastAPI(title="Bastion guarded inference gateway", version="2", lifespan=lifespan,
-                  description="Open Inference Protocol (KServe v2) with API keys, rate limits, input validation, "
-                              "detectors and a tamper-evident audit log.")
+    app = GatewayApp(title="Bastion guarded inference gateway", version="2", lifespan=lifespan,
+                     description="Open Inference Protocol (KServe v2) with API keys, rate limits, input validation, "
+                                 "detectors and a tamper-evident audit log.")
     app.state.gateway = gw
 
-    async def record(request: Request, status: int, decision: str, reason: str | None = None,
+    # inference requests this process is serving now: one that is alone does not wait for the end of the
+    # event loop's turn to batch its forward pass or its audit commit with others (see .turns)
+    in_flight = [0]
+
+    def alone() -> bool:
+        return in_flight[0] <= 1
+
+    async def record(call: _Call, status: int, decision: str, reason: str | None = None,
                      output: Any = None) -> int:
-        st = request.state
-        entry = {"request_id": getattr(st, "request_id", None) or uuid.uuid4().hex,
-                 "key_id": getattr(st, "key_id", None),
-                 "client": request.client.host if request.client else "",
-                 "model_name": gw.model_name, "model_version": getattr(st, "model_version", None) or gw.model_version,
-                 "input_sha256": getattr(st, "digest", None), "input_data": getattr(st, "input_data", None),
+        entry = {"request_id": call.request_id or uuid.uuid4().hex, "key_id": call.key_id, "client": call.client,
+                 "model_name": gw.model_name, "model_version": call.model_version or gw.model_version,
+                 "input_sha256": call.digest, "input_data": call.input_data,
                  "output": None if output is None else json.dumps(output, separators=(",", ":")),
                  "decision": decision, "status": status, "reason": reason,
-                 "scores": json.dumps(getattr(st, "scores", None)) if getattr(st, "scores", None) else None,
-                 "latency_ms": (time.perf_counter() - getattr(st, "t0", time.perf_counter())) * 1000}
+                 "scores": json.dumps(call.scores) if call.scores else None,
+                 "latency_ms": (time.perf_counter() - call.t0) * 1000}
         metrics.requests.labels(decision).inc()
-        return await gw.audit.append(entry)
+        return await gw.audit.append(entry, alone())
 
-    def _is_infer(request: Request) -> bool:
-        return request.url.path.endswith("/infer")
+    async def refuse(call: _Call, exc: RequestRejected) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The answer to a refused inference request, whose refusal is audited like an answer."""
+        headers = dict(exc.headers)
+        try:
+            seq = await record(call, exc.status, _decision(exc), exc.reason or exc.error)
+        except Exception:
+            return 503, {"error": "audit log unavailable"}, {}
+        headers["X-Audit-Seq"] = str(seq)
+        return exc.status, exc.body(), headers
 
     @app.exception_handler(RequestRejected)
     async def rejected(request: Request, exc: RequestRejected) -> JSONResponse:
-        headers = dict(exc.headers)
-        if _is_infer(request):
-            try:
-                seq = await record(request, exc.status, _decision(exc), exc.reason or exc.error)
-                headers["X-Audit-Seq"] = str(seq)
-            except Exception:
-                return JSONResponse({"error": "audit log unavailable"}, status_code=503)
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        call = getattr(request.state, "call", None)
+        if call is None:  # not an inference request: nothing to audit
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        status, body, headers = await refuse(call, exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        first = errs[0] if errs else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field_name = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or "body"
-        given = first.get("input")
-        rej = RequestRejected(422, "malformed request", field_name, "missing" if first.get("type") == "missing"
-                              else json.dumps(given, default=str)[:200], first.get("msg", "a valid request body"))
-        return await rejected(request, rej)
+        return await rejected(request, _malformed(list(exc.errors())))
+
+    def check_key(presented: str | None, scope: str, call: _Call | None = None) -> KeyInfo:
+        if not presented:
+            raise RequestRejected(401, "missing API key", "Authorization", "no key",
+                                  "'Authorization: Bearer bst_...' or 'X-API-Key: bst_...'",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        assert gw.auth is not None
+        info = gw.auth.authenticate(presented)
+        if info is None:
+            raise RequestRejected(401, "invalid or revoked API key", "Authorization", "an unknown key",
+                                  "a current key from `bastion keys create`", headers={"WWW-Authenticate": "Bearer"})
+        if call is not None:
+            call.key_id = info.key_id
+        if scope not in info.scopes and "admin" not in info.scopes:
+            raise RequestRejected(403, "key lacks the scope", "scope", ",".join(info.scopes), scope, reason="scope")
+        return info
 
     def require(scope: str) -> Callable[[Request], Awaitable[KeyInfo]]:
         # async: FastAPI runs a sync dependency in its thread pool, a hop per request.
         async def dependency(request: Request) -> KeyInfo:
-            request.state.t0 = time.perf_counter()
-            presented = _presented_key(request)
-            if not presented:
-                raise RequestRejected(401, "missing API key", "Authorization", "no key",
-                                      "'Authorization: Bearer bst_...' or 'X-API-Key: bst_...'",
-                                      headers={"WWW-Authenticate": "Bearer"})
-            assert gw.auth is not None
-            info = gw.auth.authenticate(presented)
-            if info is None:
-                raise RequestRejected(401, "invalid or revoked API key", "Authorization", "an unknown key",
-                                      "a current key from `bastion keys create`", headers={"WWW-Authenticate": "Bearer"})
-            request.state.key_id = info.key_id
-            if scope not in info.scopes and "admin" not in info.scopes:
-                raise RequestRejected(403, "key lacks the scope", "scope", ",".join(info.scopes), scope,
-                                      reason="scope")
-            return info
+            call = None
+            if request.method == "POST" and infer_model_name(request.url.path) is not None:
+                call = request.state.call = _Call(time.perf_counter(), request.client.host if request.client else "")
+            return check_key(_presented_key(request), scope, call)
         return dependency
 
     @app.get("/v2/health/live", tags=["health"])
@@ -226,10 +291,9 @@ def create_app(gw: Gateway) -> FastAPI:
                 "parameters": {"output_policy": key.output_policy or gw.config.output_policy,
                                "detectors": [d.describe() for d in gw.detectors]}}
 
-    @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["inference"])
-    async def infer(name: str, body: InferRequest, request: Request,
-                    key: KeyInfo = Depends(require("infer"))) -> JSONResponse:
-        request.state.request_id = body.id or uuid.uuid4().hex
+    async def answer(name: str, body: InferRequest, call: _Call, key: KeyInfo) -> tuple[dict[str, Any], int]:
+        """The inference answer and its audit sequence number, or RequestRejected / _AuditDown."""
+        call.request_id = body.id or uuid.uuid4().hex
         _check_name(name)
         # One read of everything that can change under us (a promotion swaps the model, a playbook routes or
         # takes it offline): this request is answered by one consistent set.
@@ -250,7 +314,7 @@ def create_app(gw: Gateway) -> FastAPI:
                                           reason="fallback-unavailable", headers={"Retry-After": "1"})
                 model, detectors, version = slot.model, slot.detectors, slot.version
             throttle = view.throttles.get(key.key_id)
-        request.state.model_version = version
+        call.model_version = version
         cost = body.inputs[0].shape[0] if body.inputs and body.inputs[0].shape else 1
         limit = Limit(key.rate if key.rate is not None else gw.config.rate,
                       key.burst if key.burst is not None else gw.config.burst,
@@ -267,13 +331,13 @@ def create_app(gw: Gateway) -> FastAPI:
                                   else f"at most {limit.daily_budget} examples per UTC day", reason=verdict.reason,
                                   headers={"Retry-After": str(max(1, int(np.ceil(verdict.retry_after))))})
         arr = gw.spec.parse(body.inputs)
-        request.state.digest = input_digest(arr)
+        call.digest = input_digest(arr)
         if gw.config.store_inputs:
-            request.state.input_data = json.dumps(arr.tolist())
+            call.input_data = json.dumps(arr.tolist())
         x = torch.from_numpy(arr)
         # model.scores(x) with the penultimate features for feature-space detectors (one forward pass), shared
         # with the other requests that reach this point in the same turn of the event loop
-        scores, feats = await gw.batcher.scores(model, x)
+        scores, feats = await gw.batcher.scores(model, x, alone())
         remember(model, x, feats)
         probs = to_probs(scores)
         fired: list[Detector] = []
@@ -286,15 +350,13 @@ def create_app(gw: Gateway) -> FastAPI:
                 metrics.detections.labels(det.kind, det.action).inc()
                 if live is not None:
                     live.detector_fired(det.kind, key.key_id)
-        request.state.scores = all_scores
+        call.scores = all_scores
         if live is not None and model is gw.model:
             # windows hold what the primary model answered: that is what its baseline describes
             live.observe(key.key_id, arr, probs, version)
         rejecting = [d for d in fired if d.action == "reject"]
         if rejecting:
             raise RequestRejected(403, "input rejected by a detector", reason=f"detector:{rejecting[0].kind}")
-        from bastion.defenses.coarsening import OutputPolicy, apply_output_policy
-
         policy = OutputPolicy(**(key.output_policy or gw.config.output_policy))
         shown = apply_output_policy(probs, policy)
         labels = probs.argmax(1).tolist()
@@ -303,35 +365,82 @@ def create_app(gw: Gateway) -> FastAPI:
         data = [float(v) for v in shown.flatten().tolist()]
         output = {"label": labels, "probabilities": data}
         try:
-            seq = await record(request, 200, decision, ",".join(flags) or None, output)
-        except Exception:
-            return JSONResponse({"error": "audit log unavailable"}, status_code=503)
-        metrics.latency.observe(time.perf_counter() - request.state.t0)
-        resp = {"model_name": gw.model_name, "model_version": version, "id": request.state.request_id,
+            seq = await record(call, 200, decision, ",".join(flags) or None, output)
+        except Exception as exc:
+            raise _AuditDown from exc
+        metrics.latency.observe(time.perf_counter() - call.t0)
+        resp = {"model_name": gw.model_name, "model_version": version, "id": call.request_id,
                 "outputs": [{"name": "probabilities", "shape": list(shown.shape), "datatype": "FP32", "data": data},
                             {"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
                 "parameters": {"audit_seq": seq, "decision": decision, "flags": flags,
                                "output_policy": policy.describe()}}
+        return resp, seq
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["inference"])
+    async def infer(name: str, body: InferRequest, request: Request,
+                    key: KeyInfo = Depends(require("infer"))) -> JSONResponse:
+        """Documents the route for the OpenAPI document; a running gateway answers it in ``fast_infer``."""
+        try:
+            resp, seq = await answer(name, body, request.state.call, key)
+        except _AuditDown:
+            return JSONResponse({"error": "audit log unavailable"}, status_code=503)
         return _JSON(resp, headers={"X-Audit-Seq": str(seq)})
 
-    infer_key = require("infer")
+    limit = gw.config.max_body_bytes
 
-    async def infer_direct(request: Request) -> Response:
-        """The infer route as the server runs it: the same handler as the documented route above, with the
-        key checked before the body is even parsed, and the body validated by pydantic-core straight from
-        the bytes; FastAPI's dependency solver and its dict-to-model pass cost ~0.2 ms per request."""
-        key = await infer_key(request)
-        raw = await request.body()
+    async def fast_infer(name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The infer route as the server runs it: the body's declared size is checked first, then the key
+        (before the body is read), then the body is validated by pydantic-core straight from its bytes."""
+        in_flight[0] += 1
         try:
-            body = InferRequest.model_validate_json(raw or b"null")
-        except pydantic.ValidationError as exc:
-            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        return await infer(request.path_params["name"], body, request, key)
+            # one yield to the loop first: requests that arrived together (their tasks were created in the
+            # same turn) all count themselves in flight before any of them reaches the model, so they share
+            # a forward pass and a commit; a request that finds itself alone then waits for no turn at all
+            await asyncio.sleep(0)
+            await _fast_infer(name, scope, receive, send)
+        finally:
+            in_flight[0] -= 1
 
-    # First in the routing table, so it answers POSTs to the infer path; the FastAPI route stays for the
-    # OpenAPI document (schemathesis tests the served behaviour against it).
-    app.router.routes.insert(0, Route("/v2/models/{name}/infer", infer_direct, methods=["POST"],
-                                      include_in_schema=False))
+    async def _fast_infer(name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        call = _Call(time.perf_counter(), client[0] if client else "")
+        authorization, api_key, length = headers_of(scope, b"authorization", b"x-api-key", b"content-length")
+        oversize = too_large(length, limit)
+        if oversize is not None:  # before anything is read, parsed or audited, as for every other route
+            await send_json(send, 413, oversize.body())
+            return
+        presented = None
+        if authorization is not None and authorization[:7].lower() == b"bearer ":
+            presented = authorization[7:].decode("latin-1").strip()
+        elif api_key is not None:
+            presented = api_key.decode("latin-1")
+        try:
+            try:
+                key = check_key(presented, "infer", call)
+                raw = await read_body(receive, limit)
+                try:
+                    body = InferRequest.model_validate_json(raw or b"null")
+                except pydantic.ValidationError as exc:
+                    raise _malformed(list(exc.errors())) from None
+                resp, seq = await answer(name, body, call, key)
+            except RequestRejected as exc:
+                status, content, headers = await refuse(call, exc)
+                await send_json(send, status, content, headers.items())
+                return
+            except _AuditDown:
+                await send_json(send, 503, {"error": "audit log unavailable"})
+                return
+            await send_json(send, 200, resp, (("X-Audit-Seq", str(seq)),))
+        except ClientGone:
+            return
+        except Exception:
+            # what Starlette's ServerErrorMiddleware does for the other routes: a 500 without details, and
+            # the exception on to the server, which logs it
+            with contextlib.suppress(Exception):
+                await send_json(send, 500, {"error": "internal server error"})
+            raise
+
+    app.fast_infer = fast_infer
 
     @app.get("/metrics", tags=["health"])
     async def prometheus() -> Response:

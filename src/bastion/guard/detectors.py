@@ -133,7 +133,7 @@ def to_probs(s: Tensor) -> Tensor:
     """Probabilities from a model's scores: kept if they already are (black-box models), else softmax."""
     # the check in NumPy: on a (1, C) batch each torch operator costs more than the arithmetic
     a = s.detach().cpu().numpy()
-    if a.size and a.min() >= 0 and np.allclose(a.sum(1), 1.0, rtol=0.0, atol=1e-4):
+    if a.size and a.min() >= 0 and float(np.abs(a.sum(1) - 1.0).max()) <= 1e-4:  # allclose costs 10x more
         return s
     return s.softmax(1)
 
