@@ -147,7 +147,7 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
     def once(seconds: int, delay_ms: float, log_file: Path | None) -> tuple[dict[str, float], str]:
         env = {**os.environ, "BODY_FILE": str(work / "body.json"), "API_KEY": key, "DELAY_MS": str(delay_ms),
                "LOG_FILE": str(log_file or "")}
-        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(work / "rate.lua"), f"http://127.0.0.1:{port}{path}"]
+        cmd = [*PIN["wrk"], "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(work / "rate.lua"), f"http://127.0.0.1:{port}{path}"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s or seconds + 60)
         return parse_wrk(res.stdout), res.stdout
 
@@ -164,8 +164,12 @@ def run_wrk(port: int, path: str, work: Path, key: str, duration: int, rate: flo
     return stats, text
 
 
+#: ``taskset`` prefixes with --pin: the load generator on one core, the server under test on the other
+PIN: dict[str, list[str]] = {"wrk": [], "server": []}
+
+
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([*PIN["server"], *cmd], env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
 
@@ -234,9 +238,16 @@ def main() -> None:
     ap.add_argument("--variants", default="", help="comma-separated gateway variants to run (default all), e.g. "
                                                    "sqlite_two_detectors,postgres_two_detectors")
     ap.add_argument("--skip-crash", action="store_true", help="no kill -9 run")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="wrk on the first CPU, every server on the second (taskset), so the two never trade "
+                         "cores mid-run (default: on where taskset and two CPUs exist)")
     args = ap.parse_args()
     if shutil.which("wrk") is None and not args.skip_wrk:
         sys.exit("bench/guard.py needs wrk (Debian: apt-get install wrk), or --skip-wrk for the stage costs only")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and shutil.which("taskset") and len(cpus) >= 2:
+        PIN["wrk"] = ["taskset", "-c", str(cpus[0])]
+        PIN["server"] = ["taskset", "-c", str(cpus[1])]
     torch.set_num_threads(1)
     torch.manual_seed(0)
     d = bn.datasets.digits()
@@ -245,7 +256,8 @@ def main() -> None:
     ref, held, y_held = d.x_test[:300], d.x_test[300:], d.y_test[300:]
     result: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-                              "command": " ".join(sys.argv), "load_generator": "wrk 4.1.0", "rate_target": args.rate}
+                              "command": " ".join(sys.argv), "load_generator": "wrk 4.1.0", "rate_target": args.rate,
+                              "pinned": bool(PIN["wrk"])}
     if not args.skip_detection:
         print("detection ...", file=sys.stderr)
         result["detection"] = detection(model, ref, held, y_held, args.fpr, args.blackbox_examples)
@@ -426,7 +438,7 @@ def crash_run(work: Path, db: str, args: argparse.Namespace) -> dict[str, Any]:
     proc = _serve(work, db, "two.yaml", port)
     log = work / "crash.log"
     wait_ready(port, proc)
-    wrk = subprocess.Popen(["wrk", "-t1", f"-c{args.conns}", "-d8s", "-s", str(work / "rate.lua"),
+    wrk = subprocess.Popen([*PIN["wrk"], "wrk", "-t1", f"-c{args.conns}", "-d8s", "-s", str(work / "rate.lua"),
                             f"http://127.0.0.1:{port}/v2/models/model/infer"],
                            env={**os.environ, "BODY_FILE": str(work / "body.json"), "API_KEY": key,
                                 "DELAY_MS": str(max(1, int(1000 * args.conns / args.rate) - 1)), "LOG_FILE": str(log)},

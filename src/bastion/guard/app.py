@@ -206,14 +206,29 @@ def create_app(gw: Gateway) -> GatewayApp:
     def alone() -> bool:
         return in_flight[0] <= 1
 
+    policies: dict[int, tuple[dict[str, Any], OutputPolicy, str]] = {}
+
+    def policy_of(spec: dict[str, Any]) -> tuple[OutputPolicy, str]:
+        """The policy a key's (or the config's) policy dict describes, built once per dict object: a key's
+        dict is the same object until the key row changes (see keys.Authenticator)."""
+        hit = policies.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            policy = OutputPolicy(**spec)
+            if len(policies) > 10_000:
+                policies.clear()
+            hit = policies[id(spec)] = (spec, policy, policy.describe())
+        return hit[1], hit[2]
+
     async def record(call: _Call, status: int, decision: str, reason: str | None = None,
                      output: Any = None) -> int:
         entry = {"request_id": call.request_id or uuid.uuid4().hex, "key_id": call.key_id, "client": call.client,
                  "model_name": gw.model_name, "model_version": call.model_version or gw.model_version,
                  "input_sha256": call.digest, "input_data": call.input_data,
-                 "output": None if output is None else json.dumps(output, separators=(",", ":")),
+                 # pydantic-core's serialiser: compact JSON like json.dumps(separators=(",", ":")), at a
+                 # fifth of the cost; the chain hashes the stored text, whichever serialiser wrote it
+                 "output": None if output is None else pydantic_core.to_json(output).decode(),
                  "decision": decision, "status": status, "reason": reason,
-                 "scores": json.dumps(call.scores) if call.scores else None,
+                 "scores": pydantic_core.to_json(call.scores).decode() if call.scores else None,
                  "latency_ms": (time.perf_counter() - call.t0) * 1000}
         metrics.requests.labels(decision).inc()
         return await gw.audit.append(entry, alone())
@@ -357,12 +372,12 @@ def create_app(gw: Gateway) -> GatewayApp:
         rejecting = [d for d in fired if d.action == "reject"]
         if rejecting:
             raise RequestRejected(403, "input rejected by a detector", reason=f"detector:{rejecting[0].kind}")
-        policy = OutputPolicy(**(key.output_policy or gw.config.output_policy))
-        shown = apply_output_policy(probs, policy)
+        policy, described = policy_of(key.output_policy or gw.config.output_policy)
+        shown = probs if policy.kind == "full" else apply_output_policy(probs, policy)
         labels = probs.argmax(1).tolist()
         flags = [d.kind for d in fired if d.action == "flag"]
         decision = "flag" if flags else "allow"
-        data = [float(v) for v in shown.flatten().tolist()]
+        data = shown.flatten().tolist()  # Python floats already (float32 rows widened, as json would print them)
         output = {"label": labels, "probabilities": data}
         try:
             seq = await record(call, 200, decision, ",".join(flags) or None, output)
@@ -373,7 +388,7 @@ def create_app(gw: Gateway) -> GatewayApp:
                 "outputs": [{"name": "probabilities", "shape": list(shown.shape), "datatype": "FP32", "data": data},
                             {"name": "label", "shape": [len(labels)], "datatype": "INT64", "data": labels}],
                 "parameters": {"audit_seq": seq, "decision": decision, "flags": flags,
-                               "output_policy": policy.describe()}}
+                               "output_policy": described}}
         return resp, seq
 
     @app.post("/v2/models/{name}/infer", response_model=InferResponse, responses=ERRORS, tags=["inference"])

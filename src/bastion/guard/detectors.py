@@ -95,7 +95,7 @@ def forward(model: Any, x: Tensor) -> Tensor:
         finally:
             handle.remove()
         feats = seen[-1].flatten(1)
-    remember(model, x, feats.detach().double().numpy())
+    remember(model, x, feats.detach().cpu().numpy().astype(np.float64))
     return logits
 
 
@@ -131,11 +131,12 @@ def _probs(model: Any, x: Tensor) -> Tensor:
 
 def to_probs(s: Tensor) -> Tensor:
     """Probabilities from a model's scores: kept if they already are (black-box models), else softmax."""
-    # the check in NumPy: on a (1, C) batch each torch operator costs more than the arithmetic
+    # in NumPy: on a (1, C) batch each torch operator costs more than the arithmetic
     a = s.detach().cpu().numpy()
     if a.size and a.min() >= 0 and float(np.abs(a.sum(1) - 1.0).max()) <= 1e-4:  # allclose costs 10x more
         return s
-    return s.softmax(1)
+    e = np.exp(a - a.max(1, keepdims=True))
+    return torch.from_numpy(e / e.sum(1, keepdims=True))
 
 
 @dataclass
@@ -256,7 +257,7 @@ class Margin(Detector):
     kind: str = "margin"
 
     def score(self, model: Any, x: Tensor, probs: Tensor, key_id: str | None = None) -> np.ndarray:
-        p = probs.detach().cpu().numpy()
+        p = probs.numpy() if probs.device.type == "cpu" and not probs.requires_grad else probs.detach().cpu().numpy()
         if p.shape[1] < 2:
             return (1.0 - p[:, 0]).astype(np.float32)
         top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]  # NumPy: a torch topk per request costs more
