@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from _guard_helpers import batch
@@ -143,3 +144,17 @@ def test_features_one_pass_match_the_model(digits_cnn: torch.nn.Module, digits: 
         forward(scripted, y)
         y.mul_(0.5)
         assert not np.allclose(features(scripted, y), want, atol=1e-3)
+
+
+def test_fires_on_any_score_over_the_threshold_with_or_without_the_maximum() -> None:
+    from bastion.guard.detectors import Margin
+
+    det = Margin()
+    scores = np.array([0.1, 0.9, 0.2], dtype=np.float32)
+    assert not det.fires(scores) and not det.fires(scores, 0.9)   # not fitted: never fires
+    det.threshold_ = 0.5
+    assert det.fires(scores) and det.fires(scores, float(scores.max()))
+    assert not det.fires(scores * 0.5) and not det.fires(scores * 0.5, 0.45)
+    with_nan = np.array([np.nan, 0.9], dtype=np.float32)        # a NaN maximum: judged element by element
+    assert det.fires(with_nan, float(with_nan.max()))
+    assert not det.fires(np.array([np.nan, 0.1]), float("nan"))

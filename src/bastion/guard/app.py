@@ -359,8 +359,9 @@ def create_app(gw: Gateway) -> GatewayApp:
         all_scores: dict[str, float] = {}
         for det in detectors:
             s = det.score(model, x, probs, key.key_id)
-            all_scores[det.kind] = round(float(np.max(s)), 6)
-            if det.fires(s):
+            top = float(s.max())
+            all_scores[det.kind] = round(top, 6)
+            if det.fires(s, top):
                 fired.append(det)
                 metrics.detections.labels(det.kind, det.action).inc()
                 if live is not None:

@@ -167,8 +167,14 @@ class Detector:
     def score(self, model: Any, x: Tensor, probs: Tensor, key_id: str | None = None) -> np.ndarray:
         raise NotImplementedError
 
-    def fires(self, scores: np.ndarray) -> bool:
-        return self.threshold_ is not None and bool((scores > self.threshold_).any())
+    def fires(self, scores: np.ndarray, top: float | None = None) -> bool:
+        """Whether any score passes the threshold; ``top``, the scores' maximum where the caller has it,
+        decides alone (one comparison instead of two array operations) unless it is NaN."""
+        if self.threshold_ is None:
+            return False
+        if top is not None and top == top:
+            return top > self.threshold_
+        return bool((scores > self.threshold_).any())
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "action": self.action, "fpr": self.fpr, "threshold": self.threshold_}
