@@ -79,3 +79,18 @@ def test_audit_refuses_inputs_that_are_not_images(digits: bn.datasets.Dataset, d
         NeuralCleanse().fit(digits_cnn, digits.x_test[:5].flatten(1))
     with pytest.raises(InputError, match="alpha"):
         NeuralCleanse(alpha=0).fit(digits_cnn, digits.x_test[:5])
+
+
+def test_several_draws_are_judged_by_their_mean_log_norm(digits: bn.datasets.Dataset,
+                                                         digits_cnn: torch.nn.Module) -> None:
+    x = digits.x_test[:60]
+    one = NeuralCleanse(steps=40, max_inputs=12, min_success=0.6, seed=5).fit(digits_cnn, x)
+    three = NeuralCleanse(steps=40, max_inputs=12, min_success=0.6, seed=5, draws=3).fit(digits_cnn, x)
+    assert (one.mask_norms_ < 64).all()  # every class reached: the norms say something
+    # the first draw is the single-draw audit exactly (same inputs, same start): its masks are reported
+    assert torch.equal(three.masks_, one.masks_) and np.array_equal(three.success_, one.success_)
+    # the statistic is computed on the geometric mean of the draws' norms, which differs from one draw's
+    assert np.allclose(three.scores_, leave_one_out_scores(np.log(three.mask_norms_)))
+    assert not np.allclose(three.mask_norms_, one.mask_norms_)
+    with pytest.raises(InputError, match="draws"):
+        NeuralCleanse(draws=0).fit(digits_cnn, x)
