@@ -118,11 +118,11 @@ def input_digest(x: np.ndarray) -> str:
     return hashlib.sha256(json.dumps(list(arr.shape)).encode() + b"\n" + arr.tobytes()).hexdigest()
 
 
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.headers.get("x-api-key")
+def _presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: ``Authorization: Bearer ...``, else ``X-API-Key``."""
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return api_key
 
 
 @dataclass
@@ -277,7 +277,8 @@ def create_app(gw: Gateway) -> GatewayApp:
             call = None
             if request.method == "POST" and infer_model_name(request.url.path) is not None:
                 call = request.state.call = _Call(time.perf_counter(), request.client.host if request.client else "")
-            return check_key(_presented_key(request), scope, call)
+            return check_key(_presented_key(request.headers.get("authorization"), request.headers.get("x-api-key")),
+                             scope, call)
         return dependency
 
     @app.get("/v2/health/live", tags=["health"])
@@ -425,11 +426,8 @@ def create_app(gw: Gateway) -> GatewayApp:
         if oversize is not None:  # before anything is read, parsed or audited, as for every other route
             await send_json(send, 413, oversize.body())
             return
-        presented = None
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
-            presented = authorization[7:].decode("latin-1").strip()
-        elif api_key is not None:
-            presented = api_key.decode("latin-1")
+        presented = _presented_key(None if authorization is None else authorization.decode("latin-1"),
+                                   None if api_key is None else api_key.decode("latin-1"))
         try:
             try:
                 key = check_key(presented, "infer", call)
