@@ -243,7 +243,6 @@ class AuditLog:
                 with contextlib.suppress(Exception):
                     conn.close()
 
-
     def _run(self) -> None:
         while True:
             with self._wake:

@@ -263,7 +263,7 @@ class Margin(Detector):
     kind: str = "margin"
 
     def score(self, model: Any, x: Tensor, probs: Tensor, key_id: str | None = None) -> np.ndarray:
-        p = probs.numpy() if probs.device.type == "cpu" and not probs.requires_grad else probs.detach().cpu().numpy()
+        p = probs.detach().cpu().numpy()
         if p.shape[1] < 2:
             return (1.0 - p[:, 0]).astype(np.float32)
         top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]  # NumPy: a torch topk per request costs more
