@@ -83,25 +83,19 @@ class NeuralCleanse:
             raise InputError("draws", self.draws, "an integer >= 1")
         m = wrap(model)
         gen = torch.Generator().manual_seed(self.seed)
-        pool = xt
-        logs = []
-        for i in range(self.draws):
-            xi = pool
-            if pool.shape[0] > self.max_inputs:
-                xi = pool[torch.randperm(pool.shape[0], generator=gen)[: self.max_inputs]]
-            if i == 0:
-                classes = m.infer_num_classes(xi)
-                if classes < 4:
-                    raise InputError("model", f"{classes} classes",
-                                     "at least 4 (each class is judged against the others)")
+        classes = m.infer_num_classes(xt)
+        if classes < 4:
+            raise InputError("model", f"{classes} classes", "at least 4 (each class is judged against the others)")
+        runs = []
+        for _ in range(self.draws):
+            xi = xt[torch.randperm(xt.shape[0], generator=gen)[: self.max_inputs]] if xt.shape[0] > self.max_inputs else xt
             masks_i, patterns_i, norms_i, success_i = self._reverse_all(m, xi.to(m.device), classes, gen)
             # A class no reversed trigger reached scores as the whole image: it cannot be a backdoor target.
-            norms_i = np.where(np.isfinite(norms_i), norms_i, float(masks_i[0].numel()))
-            if i == 0:
-                masks, patterns, success = masks_i, patterns_i, success_i
-            logs.append(np.log(np.maximum(norms_i, 1e-6)))
-        log_norms = np.mean(logs, axis=0)
-        norms = np.exp(log_norms) if self.draws > 1 else norms_i  # one draw: its norms exactly
+            runs.append((masks_i, patterns_i, np.where(np.isfinite(norms_i), norms_i, float(masks_i[0].numel())),
+                         success_i))
+        masks, patterns, first_norms, success = runs[0]
+        log_norms = np.mean([np.log(np.maximum(r[2], 1e-6)) for r in runs], axis=0)
+        norms = np.exp(log_norms) if self.draws > 1 else first_norms  # one draw: its norms exactly
         self.masks_ = masks
         self.patterns_ = patterns
         self.mask_norms_ = norms
