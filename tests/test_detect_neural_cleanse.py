@@ -1,5 +1,8 @@
 """Neural-Cleanse-style audit: names the target of a planted backdoor, and stays quiet on clean models.
 
+The 1 % BadNets test is the weak case the mask norm alone cannot call (attack success about 60-90 %): the
+patch check must, and its window must lie where the patch was planted.
+
 The clean-model test runs two models trained with different seeds (the suite's digits CNN, which is
 seed 0 of the same recipe, and seed 1). The false-alarm *rate* is checked where it can be counted, on
 simulated class norms (``test_outlier_statistic_is_calibrated``: alpha, where the paper's decision, anomaly
@@ -49,13 +52,34 @@ def test_audit_names_the_backdoor_target(digits: bn.datasets.Dataset) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", (5, 8))
+def test_patch_check_catches_a_one_percent_backdoor(digits: bn.datasets.Dataset, seed: int) -> None:
+    res = BadNets(target=4, rate=0.01, size=2, position="top-left", seed=seed)(digits.x_train, digits.y_train)
+    net = _train(res.x, res.y, seed)
+    x = digits.x_test[:200]
+    # The known answer: the planted trigger itself sends most inputs of most source classes to 4 ...
+    with torch.no_grad():
+        src = net(x[24:]).argmax(1)
+        hit = net(res.apply_trigger(x[24:])).argmax(1) == 4
+    true_reach = float(np.median([hit[src == j].float().mean() for j in range(10) if j != 4 and (src == j).any()]))
+    assert true_reach > 0.5, true_reach
+    nc = NeuralCleanse(seed=seed).fit(net, x)
+    # ... and the audit's patch, searched without the trigger, is found where it was planted and does as much.
+    assert nc.is_backdoored_ and nc.target_ == 4, (nc.reach_, nc.scores_)
+    assert nc.reach_[4] > nc.min_reach and nc.predict()[4]
+    assert nc.windows_[4] == (0, 0)
+    assert np.delete(nc.reach_, 4).max() < nc.min_reach
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", CLEAN_SEEDS)
 def test_audit_is_quiet_on_clean_models(digits: bn.datasets.Dataset, clean_models: dict[int, torch.nn.Module],
                                         seed: int) -> None:
     nc = NeuralCleanse(seed=seed).fit(clean_models[seed], digits.x_test[:200])
-    assert not nc.is_backdoored_ and nc.target_ is None, (nc.scores_, nc.mask_norms_)
-    assert nc.scores_.max() < nc.threshold_ and not nc.predict().any()
+    assert not nc.is_backdoored_ and nc.target_ is None, (nc.scores_, nc.mask_norms_, nc.reach_)
+    assert nc.scores_.max() < nc.threshold_ and (nc.reach_ <= nc.min_reach).all() and not nc.predict().any()
     assert (nc.success_ >= nc.min_success).all()
+    assert ((nc.reach_ >= 0) & (nc.reach_ <= 1)).all() and len(nc.windows_) == 10
 
 
 def test_outlier_statistic_is_calibrated() -> None:
@@ -79,6 +103,20 @@ def test_audit_refuses_inputs_that_are_not_images(digits: bn.datasets.Dataset, d
         NeuralCleanse().fit(digits_cnn, digits.x_test[:5].flatten(1))
     with pytest.raises(InputError, match="alpha"):
         NeuralCleanse(alpha=0).fit(digits_cnn, digits.x_test[:5])
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(InputError, match="patch"):
+            NeuralCleanse(patch=bad).fit(digits_cnn, digits.x_test[:5])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="min_reach"):
+        NeuralCleanse(min_reach=0).fit(digits_cnn, digits.x_test[:5])
+
+
+def test_few_inputs_judge_the_patch_on_the_searched_ones(digits: bn.datasets.Dataset,
+                                                          digits_cnn: torch.nn.Module) -> None:
+    """With nothing held out, the patch check falls back to the searched inputs rather than judging on none."""
+    nc = NeuralCleanse(steps=10, max_inputs=24, seed=1).fit(digits_cnn, digits.x_test[:24])
+    assert nc.reach_.shape == (10,) and ((nc.reach_ >= 0) & (nc.reach_ <= 1)).all()
+    big = NeuralCleanse(steps=10, max_inputs=24, seed=1, patch=8).fit(digits_cnn, digits.x_test[:24])
+    assert big.windows_ == [(0, 0)] * 10  # one window: the whole image
 
 
 def test_several_draws_are_judged_by_their_mean_log_norm(digits: bn.datasets.Dataset,
