@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,7 @@ PARTIAL = "bench/out/poison.partial.json"
 
 
 def checkpoint(images: dict[str, Any]) -> None:
+    Path(PARTIAL).parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no bench/out
     with open(PARTIAL, "w") as fh:
         json.dump(images, fh, indent=1, default=str)
 
@@ -133,7 +135,7 @@ def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], extra_seeds: list[
         m = clean_refs[s]
         nc = NeuralCleanse(seed=s).fit(m, d.x_test[:200])
         nc_clean[s] = {"backdoored": nc.is_backdoored_, "max_score": round(float(nc.scores_.max()), 2),
-                       "threshold": round(nc.threshold_, 2),
+                       "threshold": round(nc.threshold_, 2), "max_reach": round(float(nc.reach_.max()), 3),
                        "paper_max_anomaly_index": round(float(nc.anomaly_index_.max()), 2)}
     out["neural_cleanse_clean_models"] = nc_clean
     print("nc clean", nc_clean, flush=True)
@@ -173,6 +175,7 @@ def image_backdoors(d: bn.datasets.Dataset, seeds: list[int], extra_seeds: list[
                 row["neural_cleanse"] = {"backdoored": nc.is_backdoored_, "target": nc.target_,
                                          "score": [round(float(a), 2) for a in nc.scores_],
                                          "threshold": round(nc.threshold_, 2),
+                                         "reach": [round(float(a), 3) for a in nc.reach_],
                                          "paper_anomaly_index": [round(float(a), 2) for a in nc.anomaly_index_],
                                          "seconds": round(time.perf_counter() - t, 1)}
             out[f"{name}/seed{seed}"] = row
@@ -240,7 +243,9 @@ def summary(result: dict[str, Any]) -> str:
             f"{_median([r['after_clean']['asr'] for r in rs]):.1%}, clean accuracy vs never-poisoned "
             f"{_median([r['after_clean']['accuracy_vs_never_poisoned'] for r in rs]) * 100:+.1f} pt "
             f"(removed {_median([r['after_clean']['clean_removed'] for r in rs]):.1%} of clean records)"
-            f" · Neural Cleanse target named {sum(n['target'] == 0 for n in nc)}/{len(nc)}")
+            f" · Neural Cleanse flagged {sum(n['backdoored'] for n in nc)}/{len(nc)}, target named "
+            f"{sum(n['target'] == 0 for n in nc)}/{len(nc)} (target reach "
+            f"{', '.join(format(n['reach'][0], '.2f') for n in nc if 'reach' in n)})")
     for key in ("blended_5pct", "clean_label_5pct"):
         if runs(key):
             cells.append(f"{key}: Spectre {det(key, 'spectre', 'tpr'):.1%} / {det(key, 'spectre', 'fpr'):.1%} "
@@ -248,7 +253,8 @@ def summary(result: dict[str, Any]) -> str:
                          f"AC {det(key, 'activation_clustering', 'tpr'):.1%} / {det(key, 'activation_clustering', 'fpr'):.1%}, "
                          f"spectral {det(key, 'spectral_signature', 'tpr'):.1%} / {det(key, 'spectral_signature', 'fpr'):.1%}")
     nc_clean = img["neural_cleanse_clean_models"]
-    cells.append(f"Neural Cleanse alarms on clean models: {sum(v['backdoored'] for v in nc_clean.values())}/{len(nc_clean)}")
+    cells.append(f"Neural Cleanse alarms on clean models: {sum(v['backdoored'] for v in nc_clean.values())}/{len(nc_clean)}"
+                 f" (largest reach {max(v.get('max_reach', 0.0) for v in nc_clean.values()):.2f})")
     for name in ("breast_cancer", "digits"):
         fl = [v for k, v in result["label_flips"].items() if k.startswith(name + "/")]
         cells.append(f"label flips 10 % {name}: recall {_median([v['recall'] for v in fl]):.1%} at precision "
