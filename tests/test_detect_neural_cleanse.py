@@ -119,6 +119,16 @@ def test_few_inputs_judge_the_patch_on_the_searched_ones(digits: bn.datasets.Dat
     assert big.windows_ == [(0, 0)] * 10  # one window: the whole image
 
 
+def test_patch_check_in_class_chunks_matches_one_pass(digits: bn.datasets.Dataset, digits_cnn: torch.nn.Module,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.detect import neural_cleanse
+
+    one = NeuralCleanse(steps=10, seed=2).fit(digits_cnn, digits.x_test[:100])
+    monkeypatch.setattr(neural_cleanse, "EVAL_IMAGES", 300)  # 76 held out x 2 windows: one class per pass
+    chunked = NeuralCleanse(steps=10, seed=2).fit(digits_cnn, digits.x_test[:100])
+    assert np.array_equal(one.reach_, chunked.reach_) and one.windows_ == chunked.windows_
+
+
 def test_several_draws_are_judged_by_their_mean_log_norm(digits: bn.datasets.Dataset,
                                                          digits_cnn: torch.nn.Module) -> None:
     x = digits.x_test[:60]

@@ -57,8 +57,9 @@ COST_DOWN = 1.5 ** 1.5
 PATCH_WINDOWS = 2
 PATCH_STEPS = 60
 PATCH_LR = 0.2
-#: held-out inputs the patch check judges with, at most
+#: held-out inputs the patch check judges with, at most, and patched images per forward pass when it does
 MAX_HELD_OUT = 512
+EVAL_IMAGES = 8192
 
 
 class NeuralCleanse:
@@ -206,9 +207,13 @@ class NeuralCleanse:
         with torch.no_grad():
             src = net.scores(xh).argmax(1)
             nh = xh.shape[0]
-            adv = (1 - win)[:, :, None] * xh[None, None] + (win * best_pat)[:, :, None]
-            hit = (net.scores(adv.reshape(-1, c, h, w)).argmax(1).view(classes, t, nh) == ks[:, None, None]).float()
-            hit = hit * (src[None, None, :] != ks[:, None, None]).float()
+            hits = []
+            step = max(1, EVAL_IMAGES // (t * nh))  # classes per pass: held-out images times windows add up
+            for a in range(0, classes, step):
+                b = min(classes, a + step)
+                adv = (1 - win[a:b])[:, :, None] * xh[None, None] + (win[a:b] * best_pat[a:b])[:, :, None]
+                hits.append(net.scores(adv.reshape(-1, c, h, w)).argmax(1).view(b - a, t, nh) == ks[a:b, None, None])
+            hit = torch.cat(hits).float() * (src[None, None, :] != ks[:, None, None]).float()
             one_hot = torch.nn.functional.one_hot(src, classes).float()  # (nh, classes)
             per_source = hit @ one_hot / one_hot.sum(0).clamp_min(1.0)  # (classes, t, source classes)
             held = one_hot.sum(0) > 0
