@@ -306,3 +306,47 @@ def test_poisoning_audit_flags_a_badnets_training_set(digits: Any, tmp_path: Pat
     assert code == 0 and c["verdict"] == "pass" and c["figure"] == 0.0 and not c["details"]["confirmed_classes"], c
 
 
+
+
+def test_backdoor_audit_names_the_target_from_test_data_alone(digits: Any, digits_cnn: torch.nn.Module,
+                                                              tmp_path: Path) -> None:
+    # Known answers: BadNets planted in 5 % of the training set (a corner patch, target 0: attack success
+    # above 90 %, every class reached) fails the check naming class 0; the suite's clean digits CNN passes.
+    import bastion as bn
+    from bastion.attacks.poisoning import BadNets
+
+    np.savez(tmp_path / "test.npz", x=digits.x_test.numpy(), y=digits.y_test.numpy())
+    pol = tmp_path / "p.yaml"
+    pol.write_text("robust_accuracy: null\nclean_accuracy: null\nbackdoor: {min_reach: 0.5}\n", encoding="utf-8")
+    res = BadNets(target=0, rate=0.05, size=2)(digits.x_train, digits.y_train)
+    net = bn.zoo.train(bn.zoo.SmallCNN(1, 10, 8, width=16), res.x, res.y, epochs=15, seed=0)
+    assert res.attack_success_rate(net, digits.x_test, digits.y_test) > 0.9
+    torch.jit.script(net).save(str(tmp_path / "bad.pt"))
+    torch.jit.script(digits_cnn).save(str(tmp_path / "clean.pt"))
+    code, body = run_json("--model", tmp_path / "bad.pt", "--data", tmp_path / "test.npz", "--policy", pol)
+    c = checks(body)["backdoor"]
+    assert code == 1 and c["verdict"] == "fail" and c["details"]["target"] == 0, c
+    assert "class 0" in c["reason"] and c["figure"] > 0.5 and c["threshold"] == "reach <= 0.5", c
+    code, body = run_json("--model", tmp_path / "clean.pt", "--data", tmp_path / "test.npz", "--policy", pol)
+    c = checks(body)["backdoor"]
+    assert code == 0 and c["verdict"] == "pass" and c["figure"] <= 0.5 and c["details"]["target"] is None, c
+    # off by default; no test data: skipped with the reason
+    pol.write_text("robust_accuracy: null\nclean_accuracy: null\n", encoding="utf-8")
+    _, body = run_json("--model", tmp_path / "clean.pt", "--data", tmp_path / "test.npz", "--policy", pol)
+    assert checks(body)["backdoor"]["verdict"] == "skip" and "backdoor: null" in checks(body)["backdoor"]["reason"]
+
+
+def test_backdoor_audit_skips_tabular_data_and_refuses_bad_rules(files: dict[str, Path], tmp_path: Path) -> None:
+    pol = tmp_path / "p.yaml"
+    np.savez(tmp_path / "tab.npz", x=np.random.default_rng(0).random((30, 6)).astype(np.float32),
+             y=np.arange(30) % 4)
+    lin = tmp_path / "lin.pt"
+    torch.jit.script(nn.Linear(6, 4)).save(str(lin))
+    pol.write_text("robust_accuracy: null\nclean_accuracy: null\nbackdoor: {}\n", encoding="utf-8")
+    code, body = run_json("--model", lin, "--data", tmp_path / "tab.npz", "--policy", pol)
+    c = checks(body)["backdoor"]
+    assert code == 0 and c["verdict"] == "skip" and "image" in c["reason"], c
+    for bad in ("backdoor: {min_reach: 0}", "backdoor: {alpha: 1}", "backdoor: {min_reach: 2}", "backdoor: {reach: 0.5}"):
+        pol.write_text(bad + "\n", encoding="utf-8")
+        res = run("--model", files["mean"], "--data", files["data"], "--policy", pol)
+        assert res.exit_code == 2 and "backdoor" in res.output, (bad, res.output)

@@ -91,7 +91,7 @@ def assess_command(
     workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Run every check that applies to a model and gate on one policy: scan, signature, accuracy,
-    robustness, certification, poisoning audit, with a scorecard mapped to MITRE ATLAS and NIST AI 100-2.
+    robustness, certification, poisoning and backdoor audits, with a scorecard mapped to MITRE ATLAS and NIST AI 100-2.
 
     Examples:
 
@@ -105,7 +105,8 @@ def assess_command(
     What runs: the file scan always (the model is loaded only if it passes); the signature with --pub
     (or fails when the policy requires one); clean and robust accuracy with --data (white-box attacks when
     the model has gradients, black-box otherwise, which only passes with allow_upper_bound); certified
-    accuracy when the policy asks; the poisoning audit with --train; membership inference with members
+    accuracy when the policy asks; the poisoning audit with --train; the backdoor audit of the model on the
+    --data images when the policy asks (backdoor: {min_reach: 0.5}); membership inference with members
     (--members, else --train) and non-members (--non-members, else --data); model extraction when the
     policy asks (extraction: {max_fidelity, queries}). Skipped checks say why.
 

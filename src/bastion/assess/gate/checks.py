@@ -50,6 +50,10 @@ CATALOGUE: dict[str, CheckInfo] = {c.id: c for c in (
     CheckInfo("poisoning", "Training-data poisoning audit", "AML.T0020", "Poison Training Data",
               ("AML.M0007",), "Poisoning (targeted, backdoor)",
               "Largest share of one class's training records a poisoning detector (Spectre) flags."),
+    CheckInfo("backdoor", "Backdoor audit of the model", "AML.T0018", "Backdoor ML Model",
+              ("AML.M0007",), "Poisoning (backdoor)",
+              "Broadest reach of a small patch: the median share of other classes' test inputs it sends to one "
+              "class (Neural Cleanse with a patch check; no training data needed)."),
     CheckInfo("membership_inference", "Membership inference", "AML.T0024.000",
               "Exfiltration via ML Inference API: Infer Training Data Membership", ("AML.M0002", "AML.M0004"),
               "Privacy: membership inference",

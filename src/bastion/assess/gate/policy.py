@@ -66,6 +66,14 @@ certified_accuracy: null
 poisoning:
   max_flagged: 0.02
 
+# Backdoor audit of the model itself, from the test data (--data, images) with no training data: Neural
+# Cleanse reverses a trigger per class, and a patch check asks whether a small window (a quarter of the
+# image side) sends more than `min_reach` of the inputs of most other classes to one class (median over
+# source classes). Measured on digits CNNs: BadNets 1 % targets 0.58-1.00, clean models' classes <= 0.40.
+# `alpha` is the false-alarm rate of the mask-norm test. Off unless given, e.g.
+# backdoor: {min_reach: 0.5, alpha: 0.001}
+backdoor: null
+
 # Membership inference: AUC of the strongest attack telling training records (--members, or --train)
 # from records never trained on (--non-members, or --data), 0.5 = no leak. The fast and standard budgets
 # run the loss, confidence and label-only attacks; LiRA and Shokri's shadow models run at --budget thorough.
@@ -110,6 +118,12 @@ class CertifyRule:
 
 
 @dataclass(frozen=True)
+class BackdoorRule:
+    min_reach: float = 0.5
+    alpha: float = 0.001
+
+
+@dataclass(frozen=True)
 class ExtractionRule:
     max_fidelity: float = 0.9
     queries: int = 500
@@ -125,6 +139,7 @@ class Policy:
     robust_accuracy: RobustRule | None = field(default_factory=RobustRule)
     certified_accuracy: CertifyRule | None = None
     poisoning_max_flagged: float | None = 0.02
+    backdoor: BackdoorRule | None = None
     mia_auc_max: float | None = 0.6
     extraction: ExtractionRule | None = None
     source: str = "built-in defaults"
@@ -177,13 +192,14 @@ class Policy:
             "robust_accuracy": None if rob is None else dict(rob.__dict__),
             "certified_accuracy": None if cert is None else dict(cert.__dict__),
             "poisoning": None if self.poisoning_max_flagged is None else {"max_flagged": self.poisoning_max_flagged},
+            "backdoor": None if self.backdoor is None else dict(self.backdoor.__dict__),
             "mia_auc": None if self.mia_auc_max is None else {"max": self.mia_auc_max},
             "extraction": None if self.extraction is None else dict(self.extraction.__dict__),
         }
 
 
 _TOP = ("version", "scan", "signature", "clean_accuracy", "robust_accuracy", "certified_accuracy", "poisoning",
-        "mia_auc", "extraction")
+        "backdoor", "mia_auc", "extraction")
 
 
 def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
@@ -207,6 +223,7 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
     rob = _section(raw, "robust_accuracy", source, tuple(RobustRule.__dataclass_fields__), True)
     cert = _section(raw, "certified_accuracy", source, tuple(CertifyRule.__dataclass_fields__), False)
     poison = _section(raw, "poisoning", source, ("max_flagged",), True)
+    back = _section(raw, "backdoor", source, tuple(BackdoorRule.__dataclass_fields__), False)
     mia = _section(raw, "mia_auc", source, ("max",), True)
     ext = _section(raw, "extraction", source, tuple(ExtractionRule.__dataclass_fields__), False)
 
@@ -227,6 +244,15 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
                               min=_fraction(cert, "min", c.min, source, "certified_accuracy"),
                               n=_count(cert, "n", c.n, source), n0=_count(cert, "n0", c.n0, source),
                               alpha=_fraction(cert, "alpha", c.alpha, source, "certified_accuracy"))
+    backdoor: BackdoorRule | None = None
+    if back is not None:
+        b = BackdoorRule()
+        backdoor = BackdoorRule(min_reach=_fraction(back, "min_reach", b.min_reach, source, "backdoor"),
+                                alpha=_fraction(back, "alpha", b.alpha, source, "backdoor"))
+        for key, value in (("min_reach", backdoor.min_reach), ("alpha", backdoor.alpha)):
+            if not 0.0 < value < (1.0 if key == "alpha" else 1.0000001):
+                raise InputError("--policy", f"{source}: backdoor.{key} = {value!r}",
+                                 "a fraction above 0" + (" and below 1" if key == "alpha" else ""))
     extraction: ExtractionRule | None = None
     if ext is not None:
         e = ExtractionRule()
@@ -241,6 +267,7 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
         clean_accuracy_min=None if clean is None else _fraction(clean, "min", 0.9, source, "clean_accuracy"),
         robust_accuracy=robust, certified_accuracy=certify,
         poisoning_max_flagged=None if poison is None else _fraction(poison, "max_flagged", 0.02, source, "poisoning"),
+        backdoor=backdoor,
         mia_auc_max=None if mia is None else _fraction(mia, "max", 0.6, source, "mia_auc"),
         extraction=extraction,
         source=source, sha256=digest)

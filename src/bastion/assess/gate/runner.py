@@ -43,7 +43,8 @@ BUDGETS: dict[str, tuple[str, int | None, bool, int]] = {
 
 #: share of the progress bar each check takes (the attacks dominate the wall time)
 _WEIGHT = {"scan": 1.0, "signature": 1.0, "load": 1.0, "clean_accuracy": 1.0, "robust_accuracy": 20.0,
-           "certified_accuracy": 5.0, "poisoning": 4.0, "membership_inference": 0.5, "extraction": 0.5}
+           "certified_accuracy": 5.0, "poisoning": 4.0, "backdoor": 3.0, "membership_inference": 0.5,
+           "extraction": 0.5}
 
 NOT_IN_VERSION = "not available in this version of Bastion"
 
@@ -187,7 +188,7 @@ class _Run:
         self.finish("load")
         data = self.load_labelled("data", ins.data) if model is not None and ins.data is not None else None
         for key, fn in (("clean_accuracy", self.check_clean), ("robust_accuracy", self.check_robust),
-                        ("certified_accuracy", self.check_certified)):
+                        ("certified_accuracy", self.check_certified), ("backdoor", self.check_backdoor)):
             if model is None:
                 self.skip_or_error(key, why_not)
             else:
@@ -471,6 +472,48 @@ class _Run:
                             details={"records": len(det.labels_), "flagged": int(det.labels_.sum()),
                                      "flagged_by_class": per_class, "confirmed_classes": confirmed,
                                      "detector": "Spectre (overlay-confirmed)", "max_fpr": det.max_fpr})
+
+    def check_backdoor(self, model: Any, data: tuple[torch.Tensor, torch.Tensor] | None) -> CheckOutcome:
+        rule = self.policy.backdoor
+        if rule is None:
+            return skipped("backdoor", "the policy turns it off (backdoor: null)")
+        threshold = f"reach <= {rule.min_reach:g}"
+        if data is None:
+            why = "no test data given (--data)" if self.ins.data is None else self.data_problem("data")
+            return (skipped("backdoor", why, threshold) if self.ins.data is None
+                    else CheckOutcome("backdoor", ERROR, why, threshold=threshold))
+        x = data[0]
+        if x.dim() != 4:
+            return skipped("backdoor", f"the audit reverses image triggers; the test inputs have shape "
+                                       f"{tuple(x.shape[1:])}, not (channels, height, width)", threshold)
+        from bastion.detect import NeuralCleanse
+
+        self.tick("backdoor audit (Neural Cleanse)", 0.1, "backdoor")
+        try:
+            nc = NeuralCleanse(alpha=rule.alpha, min_reach=rule.min_reach, seed=self.ins.seed).fit(model, x)
+        except InputError as exc:
+            if exc.argument == "model":
+                return skipped("backdoor", f"the audit needs a model with gradients and >= 4 classes ({exc})",
+                               threshold)
+            raise
+        top = int(np.argmax(nc.reach_))
+        reach = float(nc.reach_[top])
+        details = {"target": nc.target_, "reach": [round(float(r), 4) for r in nc.reach_],
+                   "windows": [list(w) for w in nc.windows_], "mask_norm_scores": [round(float(v), 3) for v in nc.scores_],
+                   "mask_norm_threshold": round(nc.threshold_, 3), "examples": int(x.shape[0]),
+                   "detector": "Neural Cleanse with the patch check"}
+        if nc.is_backdoored_:
+            k = top if nc.target_ is None else nc.target_
+            row, col = nc.windows_[k]
+            how = (f"a small patch at row {row}, column {col} sends a median {pct(float(nc.reach_[k]))} of other "
+                   "classes' inputs there"
+                   if nc.reach_[k] > rule.min_reach else
+                   f"its reversed trigger is an outlier (mask-norm statistic {nc.scores_[k]:.2f} > {nc.threshold_:.2f})")
+            return CheckOutcome("backdoor", FAIL, f"the model carries a backdoor to class {k}: {how}", figure=reach,
+                                figure_text=f"{pct(reach)} (class {top})", threshold=threshold, details=details)
+        return CheckOutcome("backdoor", PASS, f"no class is reached by a small patch from most others (broadest: class "
+                            f"{top}, {pct(reach)}) and no reversed trigger is an outlier", figure=reach,
+                            figure_text=f"{pct(reach)} (class {top})", threshold=threshold, details=details)
 
     # --- privacy: membership inference and extraction (bastion.privacy and its attacks) ------------------
     def members_path(self) -> Path | None:
