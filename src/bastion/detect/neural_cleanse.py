@@ -16,15 +16,15 @@ model. Logs, because a backdoor is a *ratio* (a trigger several times smaller), 
 large norms should not widen the spread that judges the small ones.
 
 The mask norm alone misses weak backdoors: a BadNets patch planted in 1 % of the digits training set (attack
-success 55-87 %) needs a reversed mask only about 1.5x smaller than the most reachable honest class of a
+success 56-99 %) needs a reversed mask only about 1.5x smaller than the most reachable honest class of a
 *clean* digits model (a "3" is a few strokes away from many digits), so no threshold on the norm separates
 them. What does separate them is *breadth*. A backdoor is a rule the model learnt for every input: its
 trigger sends inputs of every source class to the target. An honest class is reached from the few classes
 that look like it. So a second check (``reach_``) takes, for every class, the square windows (a quarter of
 the image's shorter side: 1/16 of its area) holding most of that class's reversed mask, optimises a pattern
 in each, and measures on *held-out* clean inputs, source class by source class, the share the best window
-sends to the class; ``reach_`` is the median over source classes. On 12 BadNets 1 % digits models it was
-0.58-0.95 for the target; on 6 clean models no class passed 0.30 (bench/nc_draws.py). A class whose small
+sends to the class; ``reach_`` is the median over source classes. On 12 BadNets 1 % digits models audited
+twice it was 0.58-1.00 for the target; on 16 clean models no class passed 0.40 (bench/nc_audit.py). A class whose small
 patch hijacks the majority of the inputs of most other classes (``reach_ > min_reach``, 0.5) is flagged:
 planted or not, such a patch is a universal trigger.
 
@@ -129,8 +129,9 @@ class NeuralCleanse:
             xi, xh = xt[order[: self.max_inputs]], xt[order[self.max_inputs:][:MAX_HELD_OUT]]
             if xh.shape[0] < 2 * classes:  # too few left to judge source class by source class
                 xh = xt[order[:MAX_HELD_OUT]]
-            masks_i, patterns_i, norms_i, success_i = self._reverse_all(m, xi.to(m.device), classes, gen)
-            reach_i, windows_i = self._patch_reach(m, xi.to(m.device), xh.to(m.device), masks_i.to(m.device),
+            xi = xi.to(m.device)
+            masks_i, patterns_i, norms_i, success_i = self._reverse_all(m, xi, classes, gen)
+            reach_i, windows_i = self._patch_reach(m, xi, xh.to(m.device), masks_i.to(m.device),
                                                    patterns_i.to(m.device), side)
             # A class no reversed trigger reached scores as the whole image: it cannot be a backdoor target.
             runs.append((masks_i, patterns_i, np.where(np.isfinite(norms_i), norms_i, float(masks_i[0].numel())),
@@ -171,9 +172,8 @@ class NeuralCleanse:
         net = m.adaptive()
         n, c, h, w = x.shape
         classes = masks.shape[0]
-        t = PATCH_WINDOWS
         mass = torch.nn.functional.avg_pool2d(masks, side, stride=1).flatten(1)  # (classes, windows), mean mass
-        top = mass.topk(min(t, mass.shape[1]), dim=1).indices
+        top = mass.topk(min(PATCH_WINDOWS, mass.shape[1]), dim=1).indices
         t = top.shape[1]
         cols = w - side + 1
         corners = torch.stack([top // cols, top % cols], dim=-1)  # (classes, t, 2)
@@ -213,14 +213,14 @@ class NeuralCleanse:
                 b = min(classes, a + step)
                 adv = (1 - win[a:b])[:, :, None] * xh[None, None] + (win[a:b] * best_pat[a:b])[:, :, None]
                 hits.append(net.scores(adv.reshape(-1, c, h, w)).argmax(1).view(b - a, t, nh) == ks[a:b, None, None])
-            hit = torch.cat(hits).float() * (src[None, None, :] != ks[:, None, None]).float()
             one_hot = torch.nn.functional.one_hot(src, classes).float()  # (nh, classes)
-            per_source = hit @ one_hot / one_hot.sum(0).clamp_min(1.0)  # (classes, t, source classes)
-            held = one_hot.sum(0) > 0
+            # (classes, t, source classes); class k's own column is never read below
+            per_source = torch.cat(hits).float() @ one_hot / one_hot.sum(0).clamp_min(1.0)
+            held = (one_hot.sum(0) > 0).cpu().numpy()
         per = per_source.cpu().numpy()
         reach = np.zeros((classes, t))
         for k in range(classes):
-            sources = held.cpu().numpy().copy()
+            sources = held.copy()
             sources[k] = False
             if sources.any():
                 reach[k] = np.median(per[k][:, sources], axis=1)

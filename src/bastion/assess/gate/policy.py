@@ -247,12 +247,10 @@ def _parse(raw: dict[Any, Any], source: str, digest: str) -> Policy:
     backdoor: BackdoorRule | None = None
     if back is not None:
         b = BackdoorRule()
-        backdoor = BackdoorRule(min_reach=_fraction(back, "min_reach", b.min_reach, source, "backdoor"),
-                                alpha=_fraction(back, "alpha", b.alpha, source, "backdoor"))
-        for key, value in (("min_reach", backdoor.min_reach), ("alpha", backdoor.alpha)):
-            if not 0.0 < value < (1.0 if key == "alpha" else 1.0000001):
-                raise InputError("--policy", f"{source}: backdoor.{key} = {value!r}",
-                                 "a fraction above 0" + (" and below 1" if key == "alpha" else ""))
+        backdoor = BackdoorRule(min_reach=_fraction(back, "min_reach", b.min_reach, source, "backdoor", positive=True),
+                                alpha=_fraction(back, "alpha", b.alpha, source, "backdoor", positive=True))
+        if backdoor.alpha == 1.0:  # a false-alarm rate of 1 flags every model
+            raise InputError("--policy", f"{source}: backdoor.alpha = {backdoor.alpha!r}", "a false-alarm rate below 1")
     extraction: ExtractionRule | None = None
     if ext is not None:
         e = ExtractionRule()
@@ -299,8 +297,8 @@ def _number(sec: dict[str, Any], key: str, default: float, source: str, name: st
     return float(value)
 
 
-def _fraction(sec: dict[str, Any], key: str, default: float, source: str, name: str) -> float:
-    value = _number(sec, key, default, source, name)
+def _fraction(sec: dict[str, Any], key: str, default: float, source: str, name: str, positive: bool = False) -> float:
+    value = _number(sec, key, default, source, name, positive)
     if value > 1:
         raise InputError("--policy", f"{source}: {name}.{key} = {value!r}", "a fraction in [0, 1], e.g. 0.5")
     return value

@@ -478,10 +478,10 @@ class _Run:
         if rule is None:
             return skipped("backdoor", "the policy turns it off (backdoor: null)")
         threshold = f"reach <= {rule.min_reach:g}"
+        if self.ins.data is None:
+            return skipped("backdoor", "no test data given (--data)", threshold)
         if data is None:
-            why = "no test data given (--data)" if self.ins.data is None else self.data_problem("data")
-            return (skipped("backdoor", why, threshold) if self.ins.data is None
-                    else CheckOutcome("backdoor", ERROR, why, threshold=threshold))
+            return CheckOutcome("backdoor", ERROR, self.data_problem("data"), threshold=threshold)
         x = data[0]
         if x.dim() != 4:
             return skipped("backdoor", f"the audit reverses image triggers; the test inputs have shape "
